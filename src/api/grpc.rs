@@ -1,0 +1,225 @@
+//! gRPC services: `thanos.info.Info`, `thanos.Store` and `thanos.WriteableStore`.
+
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::error::status;
+use crate::ingest::Ingest;
+use crate::model::{ErrorClass, Labels, MatchType, Matcher, TenantId};
+use crate::proto::thanos::info::{self as infopb, info_server};
+use crate::proto::thanos::{self as pb, store_server, writeable_store_server};
+use crate::store::{self, LabelQuery, SeriesQuery, Shard};
+use crate::tsdb::ChunkData;
+
+/// Series frames stay near this many bytes of labels and chunks, splitting long series over
+/// consecutive frames, as Thanos's TSDB store does.
+const FRAME_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct GrpcState {
+    pub ingest: Arc<OnceLock<Arc<Ingest>>>,
+    pub default_tenant: TenantId,
+}
+
+impl GrpcState {
+    fn ingest(&self) -> Result<&Arc<Ingest>, Status> {
+        self.ingest.get().ok_or_else(|| status(ErrorClass::Unavailable, "not ready: replaying the write-ahead log"))
+    }
+}
+
+fn to_pb_labels(l: &Labels) -> Vec<pb::Label> {
+    l.iter().map(|l| pb::Label { name: l.name.clone(), value: l.value.clone() }).collect()
+}
+
+fn matchers(ms: &[pb::LabelMatcher]) -> Result<Vec<Matcher>, Status> {
+    ms.iter()
+        .map(|m| {
+            let kind = match pb::label_matcher::Type::try_from(m.r#type) {
+                Ok(pb::label_matcher::Type::Eq) => MatchType::Equal,
+                Ok(pb::label_matcher::Type::Neq) => MatchType::NotEqual,
+                Ok(pb::label_matcher::Type::Re) => MatchType::Regex,
+                Ok(pb::label_matcher::Type::Nre) => MatchType::NotRegex,
+                Err(_) => return Err(status(ErrorClass::BadRequest, format!("unknown matcher type {}", m.r#type))),
+            };
+            Matcher::new(kind, m.name.clone(), m.value.clone()).map_err(|e| status(ErrorClass::BadRequest, e.to_string()))
+        })
+        .collect()
+}
+
+fn aborts(disabled: bool, strategy: i32) -> bool {
+    disabled || strategy == pb::PartialResponseStrategy::Abort as i32
+}
+
+#[tonic::async_trait]
+impl info_server::Info for GrpcState {
+    async fn info(&self, _req: Request<infopb::InfoRequest>) -> Result<Response<infopb::InfoResponse>, Status> {
+        let ingest = self.ingest()?;
+        let tenants = store::info(ingest.tsdb());
+        let label_sets: Vec<pb::ZLabelSet> =
+            tenants.iter().map(|t| pb::ZLabelSet { labels: to_pb_labels(&t.labels) }).collect();
+        let min_time = tenants.iter().map(|t| t.min_time).min().unwrap_or(i64::MIN);
+        let tsdb_infos = tenants
+            .iter()
+            .map(|t| infopb::TsdbInfo {
+                labels: Some(pb::ZLabelSet { labels: to_pb_labels(&t.labels) }),
+                min_time: t.min_time,
+                max_time: i64::MAX,
+            })
+            .collect();
+        Ok(Response::new(infopb::InfoResponse {
+            label_sets,
+            component_type: "receive".into(),
+            store: Some(infopb::StoreInfo {
+                min_time,
+                max_time: i64::MAX,
+                supports_sharding: true,
+                supports_without_replica_labels: true,
+                tsdb_infos,
+            }),
+            ..Default::default()
+        }))
+    }
+}
+
+type SeriesStream = Pin<Box<dyn Stream<Item = Result<pb::SeriesResponse, Status>> + Send>>;
+
+fn aggr_chunk(c: ChunkData) -> pb::AggrChunk {
+    let hash = xxhash_rust::xxh64::xxh64(&c.data, 0);
+    pb::AggrChunk {
+        min_time: c.min_t,
+        max_time: c.max_t,
+        raw: Some(pb::Chunk { r#type: pb::chunk::Encoding::Xor as i32, data: c.data, hash }),
+        ..Default::default()
+    }
+}
+
+/// Splits one series into frames of about [`FRAME_BYTES`], each repeating the labels.
+fn series_frames(labels: &Labels, chunks: Vec<ChunkData>, out: &mut Vec<pb::Series>) {
+    let pb_labels = to_pb_labels(labels);
+    let label_bytes: usize = labels.iter().map(|l| l.name.len() + l.value.len()).sum();
+    let mut cur = pb::Series { labels: pb_labels.clone(), chunks: Vec::new() };
+    let mut size = label_bytes;
+    for c in chunks {
+        let n = c.data.len();
+        if !cur.chunks.is_empty() && size + n > FRAME_BYTES {
+            out.push(std::mem::replace(&mut cur, pb::Series { labels: pb_labels.clone(), chunks: Vec::new() }));
+            size = label_bytes;
+        }
+        size += n;
+        cur.chunks.push(aggr_chunk(c));
+    }
+    out.push(cur);
+}
+
+#[tonic::async_trait]
+impl store_server::Store for GrpcState {
+    type SeriesStream = SeriesStream;
+
+    async fn series(&self, req: Request<pb::SeriesRequest>) -> Result<Response<Self::SeriesStream>, Status> {
+        let ingest = self.ingest()?.clone();
+        let r = req.into_inner();
+        let q = SeriesQuery {
+            min_time: r.min_time,
+            max_time: r.max_time,
+            matchers: matchers(&r.matchers)?,
+            skip_chunks: r.skip_chunks,
+            without_replica_labels: r.without_replica_labels,
+            limit: usize::try_from(r.limit).unwrap_or(0),
+            shard: r.shard_info.filter(|s| s.total_shards >= 1).map(|s| Shard {
+                index: s.shard_index.max(0) as u64,
+                total: s.total_shards as u64,
+                by: s.by,
+                labels: s.labels,
+            }),
+            abort_on_error: aborts(r.partial_response_disabled, r.partial_response_strategy),
+        };
+        let batch = usize::try_from(r.response_batch_size).unwrap_or(0);
+        let result = tokio::task::spawn_blocking(move || store::series(ingest.tsdb(), &q))
+            .await
+            .map_err(|e| status(ErrorClass::Internal, format!("series task failed: {e}")))?
+            .map_err(|e| status(e.class(), e.to_string()))?;
+        let mut frames: Vec<pb::SeriesResponse> =
+            result.warnings.into_iter().map(|w| pb::SeriesResponse { result: Some(pb::series_response::Result::Warning(w)) }).collect();
+        let mut series = Vec::new();
+        for (labels, chunks) in result.series {
+            series_frames(&labels, chunks, &mut series);
+        }
+        if batch > 1 {
+            let mut it = series.into_iter().peekable();
+            while it.peek().is_some() {
+                let chunk: Vec<pb::Series> = it.by_ref().take(batch).collect();
+                frames.push(pb::SeriesResponse { result: Some(pb::series_response::Result::Batch(pb::SeriesBatch { series: chunk })) });
+            }
+        } else {
+            frames.extend(series.into_iter().map(|s| pb::SeriesResponse { result: Some(pb::series_response::Result::Series(s)) }));
+        }
+        let stream = tokio_stream::iter(frames.into_iter().map(Ok));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn label_names(&self, req: Request<pb::LabelNamesRequest>) -> Result<Response<pb::LabelNamesResponse>, Status> {
+        let ingest = self.ingest()?.clone();
+        let r = req.into_inner();
+        let q = LabelQuery {
+            start: r.start,
+            end: r.end,
+            matchers: matchers(&r.matchers)?,
+            without_replica_labels: r.without_replica_labels,
+            limit: usize::try_from(r.limit).unwrap_or(0),
+        };
+        let names = tokio::task::spawn_blocking(move || store::label_names(ingest.tsdb(), &q))
+            .await
+            .map_err(|e| status(ErrorClass::Internal, format!("label names task failed: {e}")))?;
+        Ok(Response::new(pb::LabelNamesResponse { names, ..Default::default() }))
+    }
+
+    async fn label_values(&self, req: Request<pb::LabelValuesRequest>) -> Result<Response<pb::LabelValuesResponse>, Status> {
+        let ingest = self.ingest()?.clone();
+        let r = req.into_inner();
+        let q = LabelQuery {
+            start: r.start,
+            end: r.end,
+            matchers: matchers(&r.matchers)?,
+            without_replica_labels: r.without_replica_labels,
+            limit: usize::try_from(r.limit).unwrap_or(0),
+        };
+        let label = r.label;
+        let values = tokio::task::spawn_blocking(move || store::label_values(ingest.tsdb(), &label, &q))
+            .await
+            .map_err(|e| status(ErrorClass::Internal, format!("label values task failed: {e}")))?
+            .map_err(|e| status(e.class(), e.to_string()))?;
+        Ok(Response::new(pb::LabelValuesResponse { values, ..Default::default() }))
+    }
+}
+
+#[tonic::async_trait]
+impl writeable_store_server::WriteableStore for GrpcState {
+    /// Accepts replicated writes from Thanos or Wharf routers and writes them locally; on a
+    /// single-node ring there is nowhere else to send them.
+    async fn remote_write(&self, req: Request<pb::WriteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        let ingest = self.ingest()?.clone();
+        let r = req.into_inner();
+        let default_tenant = self.default_tenant.clone();
+        let mut parts: Vec<(String, Vec<crate::proto::prom::TimeSeries>)> =
+            r.timeseries_tenant_data.into_iter().map(|t| (t.tenant, t.timeseries)).collect();
+        if parts.is_empty() {
+            parts.push((r.tenant, r.timeseries));
+        }
+        tokio::task::spawn_blocking(move || {
+            for (tenant, series) in parts {
+                let tenant = if tenant.is_empty() { default_tenant.clone() } else {
+                    TenantId::new(&tenant).map_err(|e| status(ErrorClass::BadRequest, e.to_string()))?
+                };
+                let batch = crate::remote_write::from_timeseries(&series);
+                ingest.write(&tenant, &batch).map_err(|(_, e)| status(e.class(), e.to_string()))?;
+            }
+            Ok::<_, Status>(())
+        })
+        .await
+        .map_err(|e| status(ErrorClass::Internal, format!("write task failed: {e}")))??;
+        Ok(Response::new(pb::WriteResponse {}))
+    }
+}

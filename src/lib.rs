@@ -1,0 +1,18 @@
+//! Wharf: a Thanos Receive-compatible Prometheus remote-write ingestion server.
+//!
+//! Layers (a module only uses modules to its left):
+//! `model`, `telemetry` → `proto` → `remote_write`, `tsdb` → `multitsdb` → `ingest`, `store`
+//! → `api` → `config`, `app`. See `docs/architecture.md` for the path of one write.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod ingest;
+pub mod logging;
+pub mod model;
+pub mod multitsdb;
+pub mod proto;
+pub mod remote_write;
+pub mod store;
+pub mod telemetry;
+pub mod tsdb;

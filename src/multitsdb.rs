@@ -1,0 +1,177 @@
+//! One TSDB per tenant under `--tsdb.path`, opened lazily on a tenant's first write, and every
+//! existing tenant directory replayed at start, as Thanos's multitsdb does.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::model::{Label, Labels, TenantId};
+use crate::remote_write::WriteBatch;
+use crate::telemetry::{self, metrics};
+use crate::tsdb::{AppendResult, Tsdb, TsdbError, TsdbOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MultiTsdbError {
+    #[error("tenant {tenant}: {source}")]
+    Tenant { tenant: TenantId, source: TsdbError },
+    #[error("list tenants in {dir}: {source}")]
+    List { dir: PathBuf, source: std::io::Error },
+    #[error("shutting down")]
+    Closed,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `--tsdb.path`.
+    pub path: PathBuf,
+    pub tsdb: TsdbOptions,
+    /// `--label` external labels, applied to every tenant.
+    pub external_labels: Labels,
+    /// `--receive.tenant-label-name`.
+    pub tenant_label: String,
+    /// `--receive.default-tenant-id`, whose directory exists from the start.
+    pub default_tenant: TenantId,
+}
+
+impl Options {
+    pub fn validate(&self) -> Result<(), TsdbError> {
+        if self.tenant_label.is_empty() {
+            return Err(TsdbError::Config("tenant label name must not be empty".into()));
+        }
+        self.tsdb.validate()
+    }
+}
+
+/// A tenant's database with the external labels its data carries.
+#[derive(Debug)]
+pub struct TenantDb {
+    pub tenant: TenantId,
+    pub external_labels: Labels,
+    pub db: Tsdb,
+}
+
+#[derive(Debug)]
+pub struct MultiTsdb {
+    opts: Options,
+    tenants: RwLock<BTreeMap<TenantId, Arc<TenantDb>>>,
+    closed: RwLock<bool>,
+}
+
+impl MultiTsdb {
+    /// Opens every tenant directory (replaying WALs) and the default tenant. Blocking.
+    pub fn open(opts: Options) -> Result<Self, MultiTsdbError> {
+        let dir = opts.path.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| MultiTsdbError::List { dir: dir.clone(), source })?;
+        let this = Self { opts, tenants: RwLock::new(BTreeMap::new()), closed: RwLock::new(false) };
+        let entries = std::fs::read_dir(&dir).map_err(|source| MultiTsdbError::List { dir: dir.clone(), source })?;
+        let mut names = Vec::new();
+        for e in entries {
+            let e = e.map_err(|source| MultiTsdbError::List { dir: dir.clone(), source })?;
+            if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            match TenantId::new(&name) {
+                Ok(t) if name != "lost+found" => names.push(t),
+                _ => tracing::warn!(dir = %e.path().display(), "skipping directory that is not a tenant"),
+            }
+        }
+        names.push(this.opts.default_tenant.clone());
+        for t in names {
+            this.get_or_open(&t)?;
+        }
+        Ok(this)
+    }
+
+    /// External labels of a tenant: `--label` values plus the tenant label.
+    pub fn external_labels(&self, tenant: &TenantId) -> Labels {
+        let mut pairs: Vec<Label> = self.opts.external_labels.iter().cloned().collect();
+        pairs.push(Label::new(self.opts.tenant_label.clone(), tenant.as_str()));
+        Labels::from_pairs(pairs.into_iter().map(|l| (l.name, l.value)))
+    }
+
+    /// Returns the tenant's database, creating it on first use. Blocking (may replay a WAL).
+    pub fn get_or_open(&self, tenant: &TenantId) -> Result<Arc<TenantDb>, MultiTsdbError> {
+        if let Some(db) = self.tenants.read().get(tenant) {
+            return Ok(db.clone());
+        }
+        let mut tenants = self.tenants.write();
+        if *self.closed.read() {
+            return Err(MultiTsdbError::Closed);
+        }
+        if let Some(db) = tenants.get(tenant) {
+            return Ok(db.clone());
+        }
+        let dir = self.opts.path.join(tenant.as_str());
+        let (db, stats) = Tsdb::open(&dir, &self.opts.tsdb)
+            .map_err(|source| MultiTsdbError::Tenant { tenant: tenant.clone(), source })?;
+        let m = metrics();
+        let tl = telemetry::tenant(tenant.as_str());
+        m.replay_duration.get_or_create(&tl).set(stats.duration.as_secs_f64());
+        if let Some(torn) = &stats.wal.torn {
+            m.wal_corruptions.get_or_create(&tl).inc();
+            tracing::warn!(tenant = %tenant, segment = torn.segment, offset = torn.offset, reason = %torn.reason, "wal replay truncated a torn tail");
+        }
+        tracing::info!(tenant = %tenant, series = stats.series, samples = stats.samples, segments = stats.wal.segments,
+            unknown_refs = stats.unknown_refs, duration = ?stats.duration, "tenant tsdb opened");
+        let entry = Arc::new(TenantDb { tenant: tenant.clone(), external_labels: self.external_labels(tenant), db });
+        update_head_metrics(&entry);
+        tenants.insert(tenant.clone(), entry.clone());
+        Ok(entry)
+    }
+
+    /// Appends a batch to a tenant, opening it if needed. Blocking.
+    pub fn append(&self, tenant: &TenantId, batch: &WriteBatch<'_>) -> Result<AppendResult, MultiTsdbError> {
+        let t = self.get_or_open(tenant)?;
+        let res = t.db.append(batch).map_err(|source| {
+            metrics().wal_writes_failed.get_or_create(&telemetry::tenant(tenant.as_str())).inc();
+            MultiTsdbError::Tenant { tenant: tenant.clone(), source }
+        })?;
+        let m = metrics();
+        let tl = telemetry::tenant(tenant.as_str());
+        m.head_samples_appended.get_or_create(&telemetry::float_type(tenant.as_str())).inc_by(res.appended);
+        m.head_series_created.get_or_create(&tl).inc_by(res.new_series);
+        if res.rejected.out_of_order > 0 {
+            m.out_of_order_samples.get_or_create(&telemetry::float_type(tenant.as_str())).inc_by(res.rejected.out_of_order);
+        }
+        if res.rejected.out_of_bounds > 0 {
+            m.out_of_bound_samples.get_or_create(&telemetry::float_type(tenant.as_str())).inc_by(res.rejected.out_of_bounds);
+        }
+        if res.rejected.duplicate > 0 {
+            m.duplicate_samples.get_or_create(&tl).inc_by(res.rejected.duplicate);
+        }
+        if res.new_series > 0 || res.appended > 0 {
+            update_head_metrics(&t);
+        }
+        Ok(res)
+    }
+
+    /// Every open tenant, in tenant order.
+    pub fn tenants(&self) -> Vec<Arc<TenantDb>> {
+        self.tenants.read().values().cloned().collect()
+    }
+
+    /// Flushes and closes every WAL; later writes fail. Blocking.
+    pub fn close(&self) {
+        *self.closed.write() = true;
+        for t in self.tenants() {
+            match t.db.close() {
+                Ok(()) => tracing::info!(tenant = %t.tenant, "tenant tsdb closed"),
+                Err(e) => tracing::error!(tenant = %t.tenant, error = %e, "closing tenant tsdb"),
+            }
+        }
+    }
+}
+
+fn update_head_metrics(t: &TenantDb) {
+    let m = metrics();
+    let tl = telemetry::tenant(t.tenant.as_str());
+    let stats = t.db.stats();
+    m.head_series.get_or_create(&tl).set(stats.series as i64);
+    if let Some((lo, hi)) = t.db.time_range() {
+        m.head_min_time.get_or_create(&tl).set(lo);
+        m.head_max_time.get_or_create(&tl).set(hi);
+    }
+}

@@ -1,0 +1,18 @@
+//! Generated wire types for the Thanos gRPC services (from `proto/`), kept free of logic.
+
+#![allow(clippy::all, missing_docs, unreachable_pub)]
+
+pub mod thanos {
+    tonic::include_proto!("thanos");
+
+    pub mod info {
+        tonic::include_proto!("thanos.info");
+    }
+}
+
+pub mod prometheus_copy {
+    tonic::include_proto!("prometheus_copy");
+}
+
+/// Remote-write message types (identical numbers to upstream package `prometheus`).
+pub use prometheus_copy as prom;

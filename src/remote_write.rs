@@ -1,0 +1,488 @@
+//! Remote-write 1.0 decoding and validation, independent of HTTP.
+//!
+//! The body is snappy block format around a `prometheus.WriteRequest`. The decoder checks the
+//! decompressed length against a limit before allocating, then parses the protobuf by hand into
+//! flat arrays that borrow label strings from the decompressed buffer, so a request costs a few
+//! allocations rather than one per label. Validation is per series, so that valid series can be
+//! written while invalid ones are reported (a partial write).
+
+use std::fmt;
+use std::ops::Range;
+
+/// Decoding limits.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Largest accepted body, compressed or decompressed (bytes). Default 32 MiB, as Prometheus.
+    pub max_request_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { max_request_bytes: 32 << 20 }
+    }
+}
+
+impl DecodeError {
+    pub fn class(&self) -> crate::model::ErrorClass {
+        use crate::model::ErrorClass;
+        match self {
+            DecodeError::EmptyBody | DecodeError::Snappy(_) | DecodeError::Protobuf(_) => ErrorClass::BadRequest,
+            DecodeError::TooLarge { .. } => ErrorClass::PayloadTooLarge,
+            DecodeError::Config(_) => ErrorClass::Internal,
+        }
+    }
+}
+
+impl Options {
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        if self.max_request_bytes == 0 {
+            return Err(DecodeError::Config("max request bytes must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Whole-request failures: nothing in the request can be written.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("empty request body")]
+    EmptyBody,
+    #[error("snappy decode error: {0}")]
+    Snappy(String),
+    #[error("request of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("protobuf decode error: {0}")]
+    Protobuf(&'static str),
+    #[error("invalid decoder options: {0}")]
+    Config(String),
+}
+
+/// Why one series of a request was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeriesError {
+    NoLabels,
+    EmptyLabelName,
+    EmptyLabelValue,
+    UnsortedLabels,
+    DuplicateLabelName,
+    InvalidUtf8,
+}
+
+impl fmt::Display for SeriesError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SeriesError::NoLabels => "series has no labels",
+            SeriesError::EmptyLabelName => "empty label name",
+            SeriesError::EmptyLabelValue => "empty label value",
+            SeriesError::UnsortedLabels => "labels are not sorted by name",
+            SeriesError::DuplicateLabelName => "duplicate label name",
+            SeriesError::InvalidUtf8 => "label is not valid UTF-8",
+        })
+    }
+}
+
+/// One decoded series: ranges into the batch's label and sample arrays.
+#[derive(Debug, Clone)]
+pub struct SeriesView {
+    pub labels: Range<u32>,
+    pub samples: Range<u32>,
+    pub histograms: u32,
+    pub exemplars: u32,
+    pub error: Option<SeriesError>,
+}
+
+/// A decoded remote-write request whose label strings borrow the decompressed body.
+#[derive(Debug, Default)]
+pub struct WriteBatch<'a> {
+    pub series: Vec<SeriesView>,
+    pub labels: Vec<(&'a str, &'a str)>,
+    pub samples: Vec<(i64, f64)>,
+}
+
+impl<'a> WriteBatch<'a> {
+    pub fn labels_of(&self, s: &SeriesView) -> &[(&'a str, &'a str)] {
+        &self.labels[s.labels.start as usize..s.labels.end as usize]
+    }
+
+    pub fn samples_of(&self, s: &SeriesView) -> &[(i64, f64)] {
+        &self.samples[s.samples.start as usize..s.samples.end as usize]
+    }
+
+    pub fn total_samples(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Describes a series for error messages, e.g. `{__name__="up", job="x"}`.
+    pub fn describe(&self, s: &SeriesView) -> String {
+        let mut out = String::from("{");
+        for (i, (n, v)) in self.labels_of(s).iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&format!("{n}={v:?}"));
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// Builds a batch from replication-API series (which own their strings), validating like [`decode`].
+pub fn from_timeseries(series: &[crate::proto::prom::TimeSeries]) -> WriteBatch<'_> {
+    let mut batch = WriteBatch::default();
+    for ts in series {
+        let label_start = batch.labels.len() as u32;
+        let sample_start = batch.samples.len() as u32;
+        batch.labels.extend(ts.labels.iter().map(|l| (l.name.as_str(), l.value.as_str())));
+        batch.samples.extend(ts.samples.iter().map(|s| (s.timestamp, s.value)));
+        let error = validate_labels(&batch.labels[label_start as usize..]).err();
+        batch.series.push(SeriesView {
+            labels: label_start..batch.labels.len() as u32,
+            samples: sample_start..batch.samples.len() as u32,
+            histograms: ts.histograms.len() as u32,
+            exemplars: ts.exemplars.len() as u32,
+            error,
+        });
+    }
+    batch
+}
+
+/// Decompresses a snappy block-format body, refusing bodies whose declared length exceeds the limit.
+pub fn decompress(body: &[u8], opts: &Options) -> Result<Vec<u8>, DecodeError> {
+    if body.is_empty() {
+        return Err(DecodeError::EmptyBody);
+    }
+    if body.len() > opts.max_request_bytes {
+        return Err(DecodeError::TooLarge { size: body.len(), limit: opts.max_request_bytes });
+    }
+    let len = snap::raw::decompress_len(body).map_err(|e| DecodeError::Snappy(e.to_string()))?;
+    if len > opts.max_request_bytes {
+        return Err(DecodeError::TooLarge { size: len, limit: opts.max_request_bytes });
+    }
+    let mut out = vec![0u8; len];
+    let n = snap::raw::Decoder::new()
+        .decompress(body, &mut out)
+        .map_err(|e| DecodeError::Snappy(e.to_string()))?;
+    out.truncate(n);
+    Ok(out)
+}
+
+/// Parses a `prometheus.WriteRequest` and validates each series' label set.
+pub fn decode(buf: &[u8]) -> Result<WriteBatch<'_>, DecodeError> {
+    let mut batch = WriteBatch::default();
+    decode_into(buf, &mut batch)?;
+    Ok(batch)
+}
+
+/// Like [`decode`], reusing the vectors of `batch` (which is cleared first).
+pub fn decode_into<'a>(buf: &'a [u8], batch: &mut WriteBatch<'a>) -> Result<(), DecodeError> {
+    batch.series.clear();
+    batch.labels.clear();
+    batch.samples.clear();
+    let mut r = Reader::new(buf);
+    while !r.done() {
+        let (field, wt) = r.key()?;
+        match (field, wt) {
+            (1, WT_LEN) => {
+                let ts = r.bytes()?;
+                decode_series(ts, batch)?;
+            }
+            _ => r.skip(wt)?,
+        }
+    }
+    Ok(())
+}
+
+fn decode_series<'a>(buf: &'a [u8], batch: &mut WriteBatch<'a>) -> Result<(), DecodeError> {
+    let label_start = batch.labels.len() as u32;
+    let sample_start = batch.samples.len() as u32;
+    let (mut histograms, mut exemplars) = (0u32, 0u32);
+    let mut error = None;
+    let mut r = Reader::new(buf);
+    while !r.done() {
+        let (field, wt) = r.key()?;
+        match (field, wt) {
+            (1, WT_LEN) => {
+                let (name, value) = decode_label(r.bytes()?)?;
+                let name = std::str::from_utf8(name).ok();
+                let value = std::str::from_utf8(value).ok();
+                match (name, value) {
+                    (Some(n), Some(v)) => batch.labels.push((n, v)),
+                    _ => {
+                        error.get_or_insert(SeriesError::InvalidUtf8);
+                        batch.labels.push(("", ""));
+                    }
+                }
+            }
+            (2, WT_LEN) => batch.samples.push(decode_sample(r.bytes()?)?),
+            (3, WT_LEN) => {
+                r.bytes()?;
+                exemplars += 1;
+            }
+            (4, WT_LEN) => {
+                r.bytes()?;
+                histograms += 1;
+            }
+            _ => r.skip(wt)?,
+        }
+    }
+    let labels = label_start..batch.labels.len() as u32;
+    if error.is_none() {
+        error = validate_labels(&batch.labels[labels.start as usize..]).err();
+    }
+    batch.series.push(SeriesView {
+        labels,
+        samples: sample_start..batch.samples.len() as u32,
+        histograms,
+        exemplars,
+        error,
+    });
+    Ok(())
+}
+
+/// Applies the remote-write label rules: at least one label, non-empty names and values, names
+/// strictly ascending (which also rules out duplicates).
+pub fn validate_labels(labels: &[(&str, &str)]) -> Result<(), SeriesError> {
+    if labels.is_empty() {
+        return Err(SeriesError::NoLabels);
+    }
+    let mut prev: Option<&str> = None;
+    for (n, v) in labels {
+        if n.is_empty() {
+            return Err(SeriesError::EmptyLabelName);
+        }
+        if v.is_empty() {
+            return Err(SeriesError::EmptyLabelValue);
+        }
+        if let Some(p) = prev {
+            match p.cmp(n) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => return Err(SeriesError::DuplicateLabelName),
+                std::cmp::Ordering::Greater => return Err(SeriesError::UnsortedLabels),
+            }
+        }
+        prev = Some(n);
+    }
+    Ok(())
+}
+
+fn decode_label(buf: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
+    let (mut name, mut value): (&[u8], &[u8]) = (&[], &[]);
+    let mut r = Reader::new(buf);
+    while !r.done() {
+        match r.key()? {
+            (1, WT_LEN) => name = r.bytes()?,
+            (2, WT_LEN) => value = r.bytes()?,
+            (_, wt) => r.skip(wt)?,
+        }
+    }
+    Ok((name, value))
+}
+
+fn decode_sample(buf: &[u8]) -> Result<(i64, f64), DecodeError> {
+    let (mut t, mut v) = (0i64, 0f64);
+    let mut r = Reader::new(buf);
+    while !r.done() {
+        match r.key()? {
+            (1, WT_I64) => v = f64::from_bits(r.fixed64()?),
+            (2, WT_VARINT) => t = r.varint()? as i64,
+            (_, wt) => r.skip(wt)?,
+        }
+    }
+    Ok((t, v))
+}
+
+const WT_VARINT: u8 = 0;
+const WT_I64: u8 = 1;
+const WT_LEN: u8 = 2;
+const WT_I32: u8 = 5;
+
+/// A minimal protobuf wire reader over a borrowed buffer; every read is bounds-checked.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    fn done(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    #[inline]
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        let mut out = 0u64;
+        for i in 0..10 {
+            let b = *self.buf.get(self.pos).ok_or(DecodeError::Protobuf("truncated varint"))?;
+            self.pos += 1;
+            out |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                return Ok(out);
+            }
+        }
+        Err(DecodeError::Protobuf("varint longer than 10 bytes"))
+    }
+
+    fn key(&mut self) -> Result<(u64, u8), DecodeError> {
+        let k = self.varint()?;
+        let field = k >> 3;
+        if field == 0 {
+            return Err(DecodeError::Protobuf("field number 0"));
+        }
+        Ok((field, (k & 7) as u8))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let len = self.varint()?;
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| self.pos.checked_add(l))
+            .filter(|&e| e <= self.buf.len())
+            .ok_or(DecodeError::Protobuf("length-delimited field runs past the end"))?;
+        let out = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn fixed64(&mut self) -> Result<u64, DecodeError> {
+        let b: [u8; 8] = self
+            .buf
+            .get(self.pos..self.pos + 8)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(DecodeError::Protobuf("truncated fixed64"))?;
+        self.pos += 8;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn skip(&mut self, wt: u8) -> Result<(), DecodeError> {
+        let n = match wt {
+            WT_VARINT => return self.varint().map(|_| ()),
+            WT_I64 => 8,
+            WT_LEN => return self.bytes().map(|_| ()),
+            WT_I32 => 4,
+            _ => return Err(DecodeError::Protobuf("unsupported wire type")),
+        };
+        if self.pos + n > self.buf.len() {
+            return Err(DecodeError::Protobuf("truncated fixed-width field"));
+        }
+        self.pos += n;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::prom::{Sample, TimeSeries, WriteRequest};
+    use crate::proto::thanos::Label;
+    use prost::Message;
+    use proptest::prelude::*;
+
+    fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
+        TimeSeries {
+            labels: labels.iter().map(|(n, v)| Label { name: n.to_string(), value: v.to_string() }).collect(),
+            samples: samples.iter().map(|&(t, v)| Sample { timestamp: t, value: v }).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn compress(raw: &[u8]) -> Vec<u8> {
+        snap::raw::Encoder::new().compress_vec(raw).unwrap()
+    }
+
+    #[test]
+    fn decodes_what_prost_encodes() {
+        let req = WriteRequest {
+            timeseries: vec![
+                series(&[("__name__", "up"), ("job", "a")], &[(1, 1.0), (2, f64::from_bits(crate::model::STALE_NAN_BITS))]),
+                series(&[("__name__", "x")], &[]),
+            ],
+            metadata: vec![],
+        };
+        let body = compress(&req.encode_to_vec());
+        let raw = decompress(&body, &Options::default()).unwrap();
+        let b = decode(&raw).unwrap();
+        assert_eq!(b.series.len(), 2);
+        assert_eq!(b.labels_of(&b.series[0]), &[("__name__", "up"), ("job", "a")]);
+        let s = b.samples_of(&b.series[0]);
+        assert_eq!(s[0], (1, 1.0));
+        assert_eq!(s[1].1.to_bits(), crate::model::STALE_NAN_BITS);
+        assert!(b.series.iter().all(|s| s.error.is_none()));
+    }
+
+    #[test]
+    fn label_rules_are_per_series() {
+        let cases: &[(&[(&str, &str)], Option<SeriesError>)] = &[
+            (&[], Some(SeriesError::NoLabels)),
+            (&[("", "v")], Some(SeriesError::EmptyLabelName)),
+            (&[("a", "")], Some(SeriesError::EmptyLabelValue)),
+            (&[("b", "1"), ("a", "1")], Some(SeriesError::UnsortedLabels)),
+            (&[("a", "1"), ("a", "2")], Some(SeriesError::DuplicateLabelName)),
+            (&[("a", "1"), ("b", "2")], None),
+        ];
+        for (labels, want) in cases {
+            assert_eq!(validate_labels(labels).err(), *want, "{labels:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_a_series_error() {
+        // TimeSeries{labels: [Label{name: "a", value: 0xff}]}
+        let label = [0x0a, 0x01, b'a', 0x12, 0x01, 0xff];
+        let mut ts = vec![0x0a, label.len() as u8];
+        ts.extend_from_slice(&label);
+        let mut req = vec![0x0a, ts.len() as u8];
+        req.extend_from_slice(&ts);
+        let b = decode(&req).unwrap();
+        assert_eq!(b.series[0].error, Some(SeriesError::InvalidUtf8));
+    }
+
+    #[test]
+    fn size_limits_apply_before_allocation() {
+        let opts = Options { max_request_bytes: 100 };
+        let body = compress(&vec![0u8; 1000]);
+        assert!(matches!(decompress(&body, &opts), Err(DecodeError::TooLarge { size: 1000, .. })));
+        // A header that claims 4 GiB must be refused without allocating it.
+        let lying = [0xff, 0xff, 0xff, 0xff, 0x0f, 0x00];
+        assert!(decompress(&lying, &Options::default()).is_err());
+        assert_eq!(decompress(&[], &opts), Err(DecodeError::EmptyBody));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+            let _ = decompress(&bytes, &Options::default());
+        }
+
+        #[test]
+        fn round_trips_random_requests(
+            series_in in proptest::collection::vec(
+                (proptest::collection::btree_map("[a-z_]{1,8}", "[ -~]{1,12}", 1..6),
+                 proptest::collection::vec((any::<i64>(), any::<u64>()), 0..5)),
+                0..8)
+        ) {
+            let req = WriteRequest {
+                timeseries: series_in.iter().map(|(labels, samples)| TimeSeries {
+                    labels: labels.iter().map(|(n, v)| Label { name: n.clone(), value: v.clone() }).collect(),
+                    samples: samples.iter().map(|&(t, v)| Sample { timestamp: t, value: f64::from_bits(v) }).collect(),
+                    ..Default::default()
+                }).collect(),
+                metadata: vec![],
+            };
+            let raw = req.encode_to_vec();
+            let b = decode(&raw).unwrap();
+            prop_assert_eq!(b.series.len(), series_in.len());
+            for (view, (labels, samples)) in b.series.iter().zip(&series_in) {
+                prop_assert!(view.error.is_none());
+                let got: Vec<(String, String)> = b.labels_of(view).iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+                let want: Vec<(String, String)> = labels.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+                prop_assert_eq!(got, want);
+                let got: Vec<(i64, u64)> = b.samples_of(view).iter().map(|&(t, v)| (t, v.to_bits())).collect();
+                prop_assert_eq!(&got, samples);
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! StoreAPI semantics over all tenants, free of gRPC: external labels merged into series and
+//! winning over same-named series labels, replica labels removed, series sorted by their final
+//! label set, and matchers on external labels resolved per tenant, as a Thanos Receive does.
+
+use crate::model::{ErrorClass, Labels, Matcher};
+use crate::multitsdb::{MultiTsdb, TenantDb};
+use crate::tsdb::ChunkData;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no matchers specified (excluding selector labels)")]
+    NoMatchers,
+    #[error("label name parameter cannot be empty")]
+    EmptyLabelName,
+    #[error("{0}")]
+    Aborted(String),
+}
+
+impl StoreError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            StoreError::NoMatchers | StoreError::EmptyLabelName => ErrorClass::BadRequest,
+            StoreError::Aborted(_) => ErrorClass::Unavailable,
+        }
+    }
+}
+
+/// `shard_info` of a Series request.
+#[derive(Debug, Clone)]
+pub struct Shard {
+    pub index: u64,
+    pub total: u64,
+    pub by: bool,
+    pub labels: Vec<String>,
+}
+
+impl Shard {
+    /// Keeps a series iff xxhash64 over its selected `name 0xff value 0xff` pairs lands on this shard.
+    fn keeps(&self, labels: &Labels) -> bool {
+        let mut h = xxhash_rust::xxh64::Xxh64::new(0);
+        for l in labels.iter() {
+            if self.labels.iter().any(|n| *n == l.name) == self.by {
+                h.update(l.name.as_bytes());
+                h.update(&[0xff]);
+                h.update(l.value.as_bytes());
+                h.update(&[0xff]);
+            }
+        }
+        h.digest() % self.total == self.index
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SeriesQuery {
+    pub min_time: i64,
+    pub max_time: i64,
+    pub matchers: Vec<Matcher>,
+    pub skip_chunks: bool,
+    pub without_replica_labels: Vec<String>,
+    pub limit: usize,
+    pub shard: Option<Shard>,
+    /// ABORT strategy: a failing tenant fails the call instead of adding a warning.
+    pub abort_on_error: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct SeriesResult {
+    pub series: Vec<(Labels, Vec<ChunkData>)>,
+    pub warnings: Vec<String>,
+}
+
+/// Resolves matchers on a tenant's external labels: None if one contradicts them, else the
+/// matchers left for the TSDB.
+fn tenant_matchers(t: &TenantDb, matchers: &[Matcher]) -> Option<Vec<Matcher>> {
+    let mut rest = Vec::with_capacity(matchers.len());
+    for m in matchers {
+        match t.external_labels.get(&m.name) {
+            Some(v) if !m.matches(v) => return None,
+            Some(_) => {}
+            None => rest.push(m.clone()),
+        }
+    }
+    Some(rest)
+}
+
+pub fn series(db: &MultiTsdb, q: &SeriesQuery) -> Result<SeriesResult, StoreError> {
+    if q.matchers.is_empty() {
+        return Err(StoreError::NoMatchers);
+    }
+    let mut out = SeriesResult::default();
+    for t in db.tenants() {
+        let Some(rest) = tenant_matchers(&t, &q.matchers) else { continue };
+        if rest.is_empty() {
+            let msg = format!("tenant {}: no matchers specified (excluding external labels)", t.tenant);
+            if q.abort_on_error {
+                return Err(StoreError::Aborted(msg));
+            }
+            out.warnings.push(msg);
+            continue;
+        }
+        for (labels, chunks) in t.db.select(&rest, q.min_time, q.max_time, q.skip_chunks) {
+            let labels = labels.merged(&t.external_labels, &q.without_replica_labels);
+            if q.shard.as_ref().is_some_and(|s| s.total > 0 && !s.keeps(&labels)) {
+                continue;
+            }
+            out.series.push((labels, chunks));
+        }
+    }
+    out.series.sort_by(|a, b| a.0.cmp(&b.0));
+    if q.limit > 0 {
+        out.series.truncate(q.limit);
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LabelQuery {
+    pub start: i64,
+    pub end: i64,
+    pub matchers: Vec<Matcher>,
+    pub without_replica_labels: Vec<String>,
+    pub limit: usize,
+}
+
+fn finish(mut v: Vec<String>, limit: usize) -> Vec<String> {
+    v.sort_unstable();
+    v.dedup();
+    if limit > 0 {
+        v.truncate(limit);
+    }
+    v
+}
+
+pub fn label_names(db: &MultiTsdb, q: &LabelQuery) -> Vec<String> {
+    let mut names = Vec::new();
+    for t in db.tenants() {
+        let Some(rest) = tenant_matchers(&t, &q.matchers) else { continue };
+        let found = t.db.label_names(&rest, q.start, q.end);
+        if found.is_empty() {
+            continue;
+        }
+        names.extend(found);
+        let ext = t.external_labels.iter().filter(|l| !q.without_replica_labels.contains(&l.name));
+        names.extend(ext.map(|l| l.name.clone()));
+    }
+    finish(names, q.limit)
+}
+
+pub fn label_values(db: &MultiTsdb, name: &str, q: &LabelQuery) -> Result<Vec<String>, StoreError> {
+    if name.is_empty() {
+        return Err(StoreError::EmptyLabelName);
+    }
+    if q.without_replica_labels.iter().any(|w| w == name) {
+        return Ok(Vec::new());
+    }
+    let mut values = Vec::new();
+    for t in db.tenants() {
+        let Some(rest) = tenant_matchers(&t, &q.matchers) else { continue };
+        if let Some(v) = t.external_labels.get(name) {
+            if rest.is_empty() || !t.db.select(&rest, q.start, q.end, true).is_empty() {
+                values.push(v.to_string());
+            }
+            continue;
+        }
+        values.extend(t.db.label_values(name, &rest, q.start, q.end));
+    }
+    Ok(finish(values, q.limit))
+}
+
+/// What Info announces: one label set and time range per tenant.
+#[derive(Debug, Clone)]
+pub struct TenantInfo {
+    pub labels: Labels,
+    pub min_time: i64,
+}
+
+pub fn info(db: &MultiTsdb) -> Vec<TenantInfo> {
+    db.tenants()
+        .iter()
+        .map(|t| TenantInfo {
+            labels: t.external_labels.clone(),
+            min_time: t.db.time_range().map_or(i64::MAX, |(lo, _)| lo),
+        })
+        .collect()
+}

@@ -1,0 +1,147 @@
+//! Self-metrics under the Thanos/Prometheus names dashboards expect, and logging setup helpers.
+//!
+//! One process-wide registry: metrics are facts about the process, and passing handles through
+//! every layer would buy nothing.
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub handler: String,
+    pub code: String,
+    pub method: String,
+    pub tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeTenant {
+    pub code: String,
+    pub tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Tenant {
+    pub tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantType {
+    pub tenant: String,
+    pub r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Check {
+    pub check: String,
+}
+
+type HistFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric Wharf exports.
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: HistFamily<HttpLabels>,
+    pub write_timeseries: HistFamily<CodeTenant>,
+    pub write_samples: HistFamily<CodeTenant>,
+    pub head_series: Family<Tenant, Gauge>,
+    pub head_series_created: Family<Tenant, Counter>,
+    pub head_samples_appended: Family<TenantType, Counter>,
+    pub head_chunks: Family<Tenant, Gauge>,
+    pub head_min_time: Family<Tenant, Gauge>,
+    pub head_max_time: Family<Tenant, Gauge>,
+    pub out_of_order_samples: Family<TenantType, Counter>,
+    pub out_of_bound_samples: Family<TenantType, Counter>,
+    pub duplicate_samples: Family<Tenant, Counter>,
+    pub wal_corruptions: Family<Tenant, Counter>,
+    pub wal_writes_failed: Family<Tenant, Counter>,
+    pub wal_segment_current: Family<Tenant, Gauge>,
+    pub replay_duration: Family<Tenant, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub status: Family<Check, Gauge>,
+}
+
+fn duration_hist() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+fn count_hist() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 4.0, 10))
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut r = Registry::default();
+        let m = Self {
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(duration_hist),
+            write_timeseries: Family::new_with_constructor(count_hist),
+            write_samples: Family::new_with_constructor(count_hist),
+            head_series: Family::default(),
+            head_series_created: Family::default(),
+            head_samples_appended: Family::default(),
+            head_chunks: Family::default(),
+            head_min_time: Family::default(),
+            head_max_time: Family::default(),
+            out_of_order_samples: Family::default(),
+            out_of_bound_samples: Family::default(),
+            duplicate_samples: Family::default(),
+            wal_corruptions: Family::default(),
+            wal_writes_failed: Family::default(),
+            wal_segment_current: Family::default(),
+            replay_duration: Family::default(),
+            status: Family::default(),
+            registry: Registry::default(),
+        };
+        // prometheus-client appends `_total` to counters itself.
+        r.register("http_requests", "Requests by handler, code, method and tenant", m.http_requests.clone());
+        r.register("http_request_duration_seconds", "Request latency", m.http_duration.clone());
+        r.register("thanos_receive_write_timeseries", "Series per remote-write request", m.write_timeseries.clone());
+        r.register("thanos_receive_write_samples", "Samples per remote-write request", m.write_samples.clone());
+        r.register("prometheus_tsdb_head_series", "Series in the head", m.head_series.clone());
+        r.register("prometheus_tsdb_head_series_created", "Series created in the head", m.head_series_created.clone());
+        r.register("prometheus_tsdb_head_samples_appended", "Samples appended to the head", m.head_samples_appended.clone());
+        r.register("prometheus_tsdb_head_chunks", "Chunks held in the head", m.head_chunks.clone());
+        r.register("prometheus_tsdb_head_min_time", "Lowest timestamp in the head (ms)", m.head_min_time.clone());
+        r.register("prometheus_tsdb_head_max_time", "Highest timestamp in the head (ms)", m.head_max_time.clone());
+        r.register("prometheus_tsdb_out_of_order_samples", "Samples rejected as out of order", m.out_of_order_samples.clone());
+        r.register("prometheus_tsdb_out_of_bound_samples", "Samples rejected as too old", m.out_of_bound_samples.clone());
+        r.register("wharf_tsdb_duplicate_samples", "Samples rejected for a timestamp already holding another value", m.duplicate_samples.clone());
+        r.register("prometheus_tsdb_wal_corruptions", "WAL corruptions repaired at replay", m.wal_corruptions.clone());
+        r.register("prometheus_tsdb_wal_writes_failed", "Failed WAL writes", m.wal_writes_failed.clone());
+        r.register("prometheus_tsdb_wal_segment_current", "WAL segment index being written", m.wal_segment_current.clone());
+        r.register("prometheus_tsdb_data_replay_duration_seconds", "Time spent replaying the WAL at open", m.replay_duration.clone());
+        r.register("thanos_status", "Probe state: 1 when the check passes", m.status.clone());
+        Self { registry: r, ..m }
+    }
+
+    /// Renders the registry in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+pub fn tenant(t: &str) -> Tenant {
+    Tenant { tenant: t.to_string() }
+}
+
+pub fn float_type(t: &str) -> TenantType {
+    TenantType { tenant: t.to_string(), r#type: "float".into() }
+}

@@ -1,0 +1,590 @@
+//! The in-memory head of one tenant: interned label sets, XOR chunks, and a postings index.
+//!
+//! Memory layout is what makes a million series cheap: a series is a boxed slice of symbol-id
+//! pairs, a few timestamps, and its chunks; the lookup table stores only a `u32` per series and
+//! re-derives hashes from the series itself. Appends follow Prometheus's rules and its chunk
+//! cutting (tsdb/head_append.go), so chunks look like the ones Prometheus would have cut.
+
+use hashbrown::{HashMap, HashTable};
+
+use super::chunkenc::XorAppender;
+use crate::model::{Label, Labels, Matcher};
+
+/// Largest XOR chunk Prometheus 3 lets grow before cutting, leaving room for one worst-case sample.
+const MAX_CHUNK_BYTES_BEFORE_APPEND: usize = super::chunkenc::MAX_BYTES_PER_XOR_CHUNK - 19;
+
+/// Head tuning; the defaults are Prometheus's.
+#[derive(Debug, Clone)]
+pub struct HeadOptions {
+    /// Chunk and block range in ms; chunks never cross a multiple of it.
+    pub chunk_range: i64,
+    /// Target samples per chunk (Prometheus: 120).
+    pub samples_per_chunk: u16,
+}
+
+impl Default for HeadOptions {
+    fn default() -> Self {
+        Self { chunk_range: 2 * 3600 * 1000, samples_per_chunk: 120 }
+    }
+}
+
+/// Dense index of a series inside the head.
+pub type SeriesId = u32;
+
+/// Why a sample was not appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleRejection {
+    /// Older than the series' newest sample.
+    OutOfOrder,
+    /// Same timestamp as the newest sample with a different value.
+    DuplicateTimestamp,
+    /// Older than what the head accepts (its max time minus half a chunk range).
+    OutOfBounds,
+}
+
+/// A chunk returned to readers: its bytes are a complete XOR chunk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkData {
+    pub min_t: i64,
+    pub max_t: i64,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct ClosedChunk {
+    min_t: i64,
+    max_t: i64,
+    data: Box<[u8]>,
+}
+
+#[derive(Debug)]
+struct OpenChunk {
+    min_t: i64,
+    max_t: i64,
+    app: XorAppender,
+}
+
+#[derive(Debug)]
+struct MemSeries {
+    /// (name, value) symbol ids, sorted by name.
+    labels: Box<[(u32, u32)]>,
+    series_ref: u64,
+    closed: Vec<ClosedChunk>,
+    open: Option<OpenChunk>,
+    next_at: i64,
+    last_t: i64,
+    last_v: u64,
+    /// Set once the WAL holds this series' record; samples may only be logged after it.
+    logged: bool,
+}
+
+impl MemSeries {
+    fn append(&mut self, t: i64, v: f64, opts: &HeadOptions) -> bool {
+        let cut = match &self.open {
+            None => true,
+            Some(c) => {
+                let n = c.app.num_samples();
+                if n == opts.samples_per_chunk / 4 {
+                    self.next_at = compute_chunk_end_time(c.min_t, c.max_t, self.next_at, 4);
+                }
+                c.app.bytes().len() > MAX_CHUNK_BYTES_BEFORE_APPEND
+                    || t >= self.next_at
+                    || n >= opts.samples_per_chunk.saturating_mul(2)
+            }
+        };
+        let cut_new = cut;
+        if cut {
+            if let Some(c) = self.open.take() {
+                self.closed.push(ClosedChunk { min_t: c.min_t, max_t: c.max_t, data: c.app.into_bytes().into_boxed_slice() });
+            }
+            self.open = Some(OpenChunk { min_t: t, max_t: t, app: XorAppender::new() });
+            self.next_at = range_end(t, opts.chunk_range);
+        }
+        if let Some(c) = self.open.as_mut() {
+            c.app.append(t, v);
+            c.max_t = t;
+        }
+        self.last_t = t;
+        self.last_v = v.to_bits();
+        cut_new
+    }
+
+    fn chunks_in(&self, mint: i64, maxt: i64, out: &mut Vec<ChunkData>) {
+        for c in &self.closed {
+            if c.max_t >= mint && c.min_t <= maxt {
+                out.push(ChunkData { min_t: c.min_t, max_t: c.max_t, data: c.data.to_vec() });
+            }
+        }
+        if let Some(c) = &self.open {
+            if c.max_t >= mint && c.min_t <= maxt {
+                out.push(ChunkData { min_t: c.min_t, max_t: c.max_t, data: c.app.bytes().to_vec() });
+            }
+        }
+    }
+
+    fn has_samples_in(&self, mint: i64, maxt: i64) -> bool {
+        self.closed.iter().any(|c| c.max_t >= mint && c.min_t <= maxt)
+            || self.open.as_ref().is_some_and(|c| c.max_t >= mint && c.min_t <= maxt)
+    }
+
+    fn num_chunks(&self) -> usize {
+        self.closed.len() + usize::from(self.open.is_some())
+    }
+}
+
+/// End (exclusive) of the aligned range that contains `t`, with Go's truncating division.
+fn range_end(t: i64, width: i64) -> i64 {
+    (t / width) * width + width
+}
+
+/// Predicts where the current chunk should end so that chunks up to `max` hold equal sample
+/// counts, given how fast the first quarter filled (Prometheus's `computeChunkEndTime`).
+fn compute_chunk_end_time(start: i64, cur: i64, max: i64, ratio_to_full: i64) -> i64 {
+    let n = (max - start) as f64 / ((cur - start + 1) as f64 * ratio_to_full as f64);
+    if n <= 1.0 {
+        return max;
+    }
+    (start as f64 + (max - start) as f64 / n.floor()) as i64
+}
+
+/// Interned strings; ids are dense and stable for the life of the head.
+#[derive(Debug, Default)]
+struct Symbols {
+    strings: Vec<Box<str>>,
+    lookup: HashTable<u32>,
+}
+
+impl Symbols {
+    fn hash(s: &str) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(s.as_bytes())
+    }
+
+    fn get(&self, s: &str) -> Option<u32> {
+        let strings = &self.strings;
+        self.lookup.find(Self::hash(s), |&id| &*strings[id as usize] == s).copied()
+    }
+
+    fn intern(&mut self, s: &str) -> u32 {
+        let h = Self::hash(s);
+        let strings = &self.strings;
+        if let Some(&id) = self.lookup.find(h, |&id| &*strings[id as usize] == s) {
+            return id;
+        }
+        let id = self.strings.len() as u32;
+        self.strings.push(s.into());
+        let strings = &self.strings;
+        self.lookup.insert_unique(h, id, |&i| Self::hash(&strings[i as usize]));
+        id
+    }
+
+    fn resolve(&self, id: u32) -> &str {
+        &self.strings[id as usize]
+    }
+}
+
+/// Hashes a label set as Prometheus does (`name 0xff value 0xff` …), here with xxh3 since the
+/// value never leaves the process.
+pub fn labels_hash<'a>(labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (n, v) in labels {
+        h.update(n.as_bytes());
+        h.update(&[0xff]);
+        h.update(v.as_bytes());
+        h.update(&[0xff]);
+    }
+    h.digest()
+}
+
+/// Counters a head keeps for metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HeadStats {
+    pub series: u64,
+    pub chunks_created: u64,
+    pub samples_appended: u64,
+}
+
+/// The in-memory head. Not synchronised: the owning [`super::Tsdb`] serialises access.
+#[derive(Debug)]
+pub struct Head {
+    opts: HeadOptions,
+    symbols: Symbols,
+    series: Vec<MemSeries>,
+    by_hash: HashTable<SeriesId>,
+    postings: HashMap<(u32, u32), Vec<SeriesId>>,
+    values_by_name: HashMap<u32, Vec<u32>>,
+    next_ref: u64,
+    min_t: i64,
+    max_t: i64,
+    stats: HeadStats,
+}
+
+impl Head {
+    pub fn new(opts: HeadOptions) -> Self {
+        Self {
+            opts,
+            symbols: Symbols::default(),
+            series: Vec::new(),
+            by_hash: HashTable::new(),
+            postings: HashMap::new(),
+            values_by_name: HashMap::new(),
+            next_ref: 1,
+            min_t: i64::MAX,
+            max_t: i64::MIN,
+            stats: HeadStats::default(),
+        }
+    }
+
+    pub fn num_series(&self) -> usize {
+        self.series.len()
+    }
+
+    pub fn stats(&self) -> HeadStats {
+        HeadStats { series: self.series.len() as u64, ..self.stats }
+    }
+
+    /// Returns (min, max) sample time, or None for an empty head.
+    pub fn time_range(&self) -> Option<(i64, i64)> {
+        (self.min_t <= self.max_t).then_some((self.min_t, self.max_t))
+    }
+
+    /// Oldest timestamp an append may carry: half a chunk range behind the newest sample.
+    pub fn min_valid_time(&self) -> i64 {
+        if self.max_t == i64::MIN {
+            i64::MIN
+        } else {
+            self.max_t.saturating_sub(self.opts.chunk_range / 2)
+        }
+    }
+
+    fn find(&self, hash: u64, labels: &[(&str, &str)]) -> Option<SeriesId> {
+        let (series, symbols) = (&self.series, &self.symbols);
+        self.by_hash
+            .find(hash, |&id| {
+                let s = &series[id as usize].labels;
+                s.len() == labels.len()
+                    && s.iter().zip(labels).all(|(&(n, v), &(ln, lv))| symbols.resolve(n) == ln && symbols.resolve(v) == lv)
+            })
+            .copied()
+    }
+
+    /// Finds the series with exactly these (sorted, validated) labels or creates it.
+    /// The flag is true when the series still needs its WAL series record.
+    pub fn get_or_create(&mut self, labels: &[(&str, &str)]) -> (SeriesId, bool) {
+        let hash = labels_hash(labels.iter().copied());
+        if let Some(id) = self.find(hash, labels) {
+            return (id, !self.series[id as usize].logged);
+        }
+        let series_ref = self.next_ref;
+        self.next_ref += 1;
+        (self.insert(hash, labels, series_ref), true)
+    }
+
+    fn insert(&mut self, hash: u64, labels: &[(&str, &str)], series_ref: u64) -> SeriesId {
+        let id = self.series.len() as SeriesId;
+        let syms: Box<[(u32, u32)]> =
+            labels.iter().map(|(n, v)| (self.symbols.intern(n), self.symbols.intern(v))).collect();
+        for &(n, v) in syms.iter() {
+            let list = self.postings.entry((n, v)).or_default();
+            if list.is_empty() {
+                self.values_by_name.entry(n).or_default().push(v);
+            }
+            list.push(id);
+        }
+        self.series.push(MemSeries {
+            labels: syms,
+            series_ref,
+            closed: Vec::new(),
+            open: None,
+            next_at: i64::MIN,
+            last_t: i64::MIN,
+            last_v: 0,
+            logged: false,
+        });
+        let series = &self.series;
+        self.by_hash.insert_unique(hash, id, |&i| {
+            let s = &series[i as usize];
+            labels_hash(s.labels.iter().map(|&(n, v)| (self.symbols.resolve(n), self.symbols.resolve(v))))
+        });
+        id
+    }
+
+    /// Recreates a series read from the WAL under its logged reference. A label set seen before
+    /// (same labels, new ref) maps to the existing series.
+    pub fn replay_series(&mut self, series_ref: u64, labels: &[(&str, &str)]) -> SeriesId {
+        self.next_ref = self.next_ref.max(series_ref + 1);
+        let hash = labels_hash(labels.iter().copied());
+        let id = match self.find(hash, labels) {
+            Some(id) => id,
+            None => self.insert(hash, labels, series_ref),
+        };
+        self.series[id as usize].logged = true;
+        id
+    }
+
+    pub fn series_ref(&self, id: SeriesId) -> u64 {
+        self.series[id as usize].series_ref
+    }
+
+    pub fn mark_logged(&mut self, id: SeriesId) {
+        self.series[id as usize].logged = true;
+    }
+
+    /// Label pairs of a series, for WAL series records.
+    pub fn label_pairs(&self, id: SeriesId) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> + '_ {
+        self.series[id as usize]
+            .labels
+            .iter()
+            .map(|&(n, v)| (self.symbols.resolve(n).as_bytes(), self.symbols.resolve(v).as_bytes()))
+    }
+
+    /// The series' newest sample (time, value bits), if any.
+    pub fn last_sample(&self, id: SeriesId) -> Option<(i64, u64)> {
+        let s = &self.series[id as usize];
+        (s.last_t != i64::MIN || s.open.is_some()).then_some((s.last_t, s.last_v))
+    }
+
+    /// Applies the append rules against a given "newest sample" state without mutating.
+    /// Returns Ok(true) to append, Ok(false) for an exact duplicate (a no-op), or the rejection.
+    pub fn check(last: Option<(i64, u64)>, min_valid: i64, t: i64, v: f64) -> Result<bool, SampleRejection> {
+        if t < min_valid {
+            return Err(SampleRejection::OutOfBounds);
+        }
+        match last {
+            Some((lt, _)) if t < lt => Err(SampleRejection::OutOfOrder),
+            Some((lt, lv)) if t == lt => {
+                if lv == v.to_bits() {
+                    Ok(false)
+                } else {
+                    Err(SampleRejection::DuplicateTimestamp)
+                }
+            }
+            _ => Ok(true),
+        }
+    }
+
+    /// Appends a sample that [`Head::check`] accepted.
+    pub fn append(&mut self, id: SeriesId, t: i64, v: f64) {
+        let opts = &self.opts;
+        if self.series[id as usize].append(t, v, opts) {
+            self.stats.chunks_created += 1;
+        }
+        self.stats.samples_appended += 1;
+        self.min_t = self.min_t.min(t);
+        self.max_t = self.max_t.max(t);
+    }
+
+    /// Appends a replayed sample, silently skipping what is not newer (a replay never conflicts).
+    pub fn replay_sample(&mut self, id: SeriesId, t: i64, v: f64) {
+        if self.last_sample(id).is_some_and(|(lt, _)| t <= lt) {
+            return;
+        }
+        self.append(id, t, v);
+    }
+
+    fn labels_of(&self, id: SeriesId) -> Labels {
+        Labels::from_sorted(
+            self.series[id as usize]
+                .labels
+                .iter()
+                .map(|&(n, v)| Label::new(self.symbols.resolve(n), self.symbols.resolve(v)))
+                .collect(),
+        )
+    }
+
+    fn value_of(&self, id: SeriesId, name: &str) -> &str {
+        let s = &self.series[id as usize];
+        s.labels
+            .iter()
+            .find(|&&(n, _)| self.symbols.resolve(n) == name)
+            .map_or("", |&(_, v)| self.symbols.resolve(v))
+    }
+
+    /// Series ids matching every matcher (sorted ascending).
+    fn select_ids(&self, matchers: &[Matcher]) -> Vec<SeriesId> {
+        let mut candidates: Option<Vec<SeriesId>> = None;
+        // Matchers that cannot match an absent label narrow the set through postings; the rest are
+        // checked per series below.
+        for m in matchers.iter().filter(|m| !m.matches_empty()) {
+            let ids = self.postings_for(m);
+            candidates = Some(match candidates {
+                None => ids,
+                Some(c) => intersect(&c, &ids),
+            });
+            if candidates.as_ref().is_some_and(Vec::is_empty) {
+                return Vec::new();
+            }
+        }
+        let ids = candidates.unwrap_or_else(|| (0..self.series.len() as SeriesId).collect());
+        ids.into_iter().filter(|&id| matchers.iter().all(|m| m.matches(self.value_of(id, &m.name)))).collect()
+    }
+
+    fn postings_for(&self, m: &Matcher) -> Vec<SeriesId> {
+        let Some(name) = self.symbols.get(&m.name) else { return Vec::new() };
+        let Some(values) = self.values_by_name.get(&name) else { return Vec::new() };
+        let mut lists: Vec<&Vec<SeriesId>> = Vec::new();
+        for &v in values {
+            if m.matches(self.symbols.resolve(v)) {
+                if let Some(p) = self.postings.get(&(name, v)) {
+                    lists.push(p);
+                }
+            }
+        }
+        match lists.len() {
+            0 => Vec::new(),
+            1 => lists[0].clone(),
+            _ => {
+                let mut all: Vec<SeriesId> = lists.into_iter().flatten().copied().collect();
+                all.sort_unstable();
+                all.dedup();
+                all
+            }
+        }
+    }
+
+    /// Series matching `matchers` with at least one chunk overlapping `[mint, maxt]`, with those
+    /// chunks (none when `skip_chunks`).
+    pub fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64, skip_chunks: bool) -> Vec<(Labels, Vec<ChunkData>)> {
+        let mut out = Vec::new();
+        for id in self.select_ids(matchers) {
+            let s = &self.series[id as usize];
+            if !s.has_samples_in(mint, maxt) {
+                continue;
+            }
+            let mut chunks = Vec::new();
+            if !skip_chunks {
+                s.chunks_in(mint, maxt, &mut chunks);
+            }
+            out.push((self.labels_of(id), chunks));
+        }
+        out
+    }
+
+    fn overlaps(&self, start: i64, end: i64) -> bool {
+        self.time_range().is_some_and(|(lo, hi)| lo <= end && hi >= start)
+    }
+
+    /// Sorted label names of matching series; time filtering is per head, as in Prometheus.
+    pub fn label_names(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<String> {
+        if !self.overlaps(start, end) {
+            return Vec::new();
+        }
+        let mut names: Vec<String> = if matchers.is_empty() {
+            self.values_by_name.keys().map(|&n| self.symbols.resolve(n).to_string()).collect()
+        } else {
+            let mut set = std::collections::BTreeSet::new();
+            for id in self.select_ids(matchers) {
+                for &(n, _) in self.series[id as usize].labels.iter() {
+                    set.insert(n);
+                }
+            }
+            set.into_iter().map(|n| self.symbols.resolve(n).to_string()).collect()
+        };
+        names.sort_unstable();
+        names
+    }
+
+    /// Sorted distinct values of `name` over matching series.
+    pub fn label_values(&self, name: &str, matchers: &[Matcher], start: i64, end: i64) -> Vec<String> {
+        if !self.overlaps(start, end) {
+            return Vec::new();
+        }
+        let Some(n) = self.symbols.get(name) else { return Vec::new() };
+        let mut values: Vec<String> = if matchers.is_empty() {
+            self.values_by_name.get(&n).into_iter().flatten().map(|&v| self.symbols.resolve(v).to_string()).collect()
+        } else {
+            let mut set = std::collections::BTreeSet::new();
+            for id in self.select_ids(matchers) {
+                let v = self.value_of(id, name);
+                if !v.is_empty() {
+                    set.insert(v);
+                }
+            }
+            set.into_iter().map(str::to_string).collect()
+        };
+        values.sort_unstable();
+        values.dedup();
+        values
+    }
+
+    /// Total chunks held (closed and open), for metrics.
+    pub fn num_chunks(&self) -> usize {
+        self.series.iter().map(MemSeries::num_chunks).sum()
+    }
+}
+
+fn intersect(a: &[SeriesId], b: &[SeriesId]) -> Vec<SeriesId> {
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tsdb::chunkenc::decode_xor;
+
+    #[test]
+    fn regular_samples_cut_into_chunks_of_120() {
+        // The StoreAPI acceptance case: 131075 samples 1 ms apart → 1092 × 120 + 35.
+        let mut h = Head::new(HeadOptions::default());
+        let (id, _) = h.get_or_create(&[("a", "b")]);
+        let base = 1_700_000_000_000i64 / 1000 * 1000;
+        for i in 0..131_075 {
+            h.append(id, base + i, 1.0);
+        }
+        let res = h.select(&[Matcher::new(crate::model::MatchType::Equal, "a", "b").unwrap()], i64::MIN, i64::MAX, false);
+        let chunks = &res[0].1;
+        assert_eq!(chunks.len(), 1093);
+        for c in &chunks[..1092] {
+            assert_eq!(decode_xor(&c.data).unwrap().len(), 120);
+        }
+        assert_eq!(decode_xor(&chunks[1092].data).unwrap().len(), 35);
+    }
+
+    #[test]
+    fn chunks_never_cross_the_range_boundary() {
+        let mut h = Head::new(HeadOptions::default());
+        let (id, _) = h.get_or_create(&[("a", "b")]);
+        let range = HeadOptions::default().chunk_range;
+        for i in 0..1000 {
+            h.append(id, range - 500 * 15_000 + i * 15_000, i as f64);
+        }
+        let res = h.select(&[], i64::MIN, i64::MAX, false);
+        for c in &res[0].1 {
+            assert_eq!(c.min_t / range, c.max_t / range, "{c:?} crosses a boundary");
+        }
+    }
+
+    #[test]
+    fn append_rules() {
+        use SampleRejection::*;
+        assert_eq!(Head::check(None, i64::MIN, 5, 1.0), Ok(true));
+        assert_eq!(Head::check(Some((5, 1f64.to_bits())), i64::MIN, 5, 1.0), Ok(false));
+        assert_eq!(Head::check(Some((5, 1f64.to_bits())), i64::MIN, 5, 2.0), Err(DuplicateTimestamp));
+        assert_eq!(Head::check(Some((5, 1f64.to_bits())), i64::MIN, 4, 1.0), Err(OutOfOrder));
+        assert_eq!(Head::check(None, 10, 9, 1.0), Err(OutOfBounds));
+    }
+
+    #[test]
+    fn same_labels_find_the_same_series() {
+        let mut h = Head::new(HeadOptions::default());
+        let (a, new_a) = h.get_or_create(&[("__name__", "up"), ("job", "x")]);
+        h.mark_logged(a);
+        let (b, new_b) = h.get_or_create(&[("__name__", "up"), ("job", "x")]);
+        let (c, _) = h.get_or_create(&[("__name__", "up"), ("job", "y")]);
+        assert!(new_a && !new_b);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(h.num_series(), 2);
+    }
+}
