@@ -1,0 +1,272 @@
+//! Shared test harness: in-process receivers on loopback ports chosen at run time, the real
+//! binary as a child process, a remote-write client and a StoreAPI client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use wharf::proto::prom::{Sample, TimeSeries, WriteRequest};
+use wharf::proto::thanos::{self as pb, store_client::StoreClient};
+
+pub type Series = Vec<(String, String)>;
+
+/// Builds a remote-write series from label pairs (in the given order) and samples.
+pub fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
+    TimeSeries {
+        labels: labels.iter().map(|(n, v)| pb::Label { name: n.to_string(), value: v.to_string() }).collect(),
+        samples: samples.iter().map(|&(t, v)| Sample { timestamp: t, value: v }).collect(),
+        ..Default::default()
+    }
+}
+
+/// Snappy-compresses an encoded WriteRequest, as Prometheus sends it.
+pub fn encode(ts: Vec<TimeSeries>) -> Vec<u8> {
+    let raw = WriteRequest { timeseries: ts, metadata: vec![] }.encode_to_vec();
+    snap::raw::Encoder::new().compress_vec(&raw).expect("snappy compress")
+}
+
+/// POSTs a body with the given headers; returns status and body text (never fails on 4xx/5xx).
+pub fn post(addr: SocketAddr, body: &[u8], headers: &[(&str, &str)]) -> (u16, String) {
+    let url = format!("http://{addr}/api/v1/receive");
+    let mut req = ureq::post(&url).timeout(Duration::from_secs(30));
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    match req.send_bytes(body) {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("POST {url}: {e}"),
+    }
+}
+
+pub const RW_HEADERS: &[(&str, &str)] = &[
+    ("Content-Encoding", "snappy"),
+    ("Content-Type", "application/x-protobuf"),
+    ("X-Prometheus-Remote-Write-Version", "0.1.0"),
+];
+
+/// Writes series as Prometheus would, optionally for a tenant; returns the status code.
+pub fn write(addr: SocketAddr, tenant: Option<&str>, ts: Vec<TimeSeries>) -> (u16, String) {
+    let mut h: Vec<(&str, &str)> = RW_HEADERS.to_vec();
+    if let Some(t) = tenant {
+        h.push(("THANOS-TENANT", t));
+    }
+    post(addr, &encode(ts), &h)
+}
+
+pub fn get(url: &str) -> Result<(u16, String), String> {
+    match ureq::get(url).timeout(Duration::from_secs(10)).call() {
+        Ok(r) => Ok((r.status(), r.into_string().unwrap_or_default())),
+        Err(ureq::Error::Status(code, r)) => Ok((code, r.into_string().unwrap_or_default())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Polls `/-/ready` until it answers 200.
+pub fn wait_ready(http: SocketAddr, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        if let Ok((200, _)) = get(&format!("http://{http}/-/ready")) {
+            return;
+        }
+        assert!(start.elapsed() < timeout, "receiver at {http} not ready after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An in-process receiver on loopback ports chosen by the OS.
+pub struct Receiver {
+    pub running: Option<wharf::app::Running>,
+    pub rt: tokio::runtime::Runtime,
+    pub dir: tempfile::TempDir,
+}
+
+impl Receiver {
+    pub fn start(extra_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, extra_args)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, extra_args: &[&str]) -> Self {
+        let path = dir.path().to_string_lossy().into_owned();
+        let mut args = vec![
+            "wharf", "receive", "--remote-write.address", "127.0.0.1:0", "--grpc-address", "127.0.0.1:0",
+            "--http-address", "127.0.0.1:0", "--tsdb.path", &path, "--http-grace-period", "5s", "--grpc-grace-period", "5s",
+        ];
+        args.extend_from_slice(extra_args);
+        let (cli, given) = wharf::config::parse_from(args).expect("parse flags");
+        wharf::config::check_not_yet(&given).expect("flags");
+        let wharf::config::Commands::Receive(r) = cli.command;
+        let cfg = r.into_config().expect("config");
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let running = rt.block_on(wharf::app::start(cfg)).expect("start receiver");
+        let rx = Self { running: Some(running), rt, dir };
+        wait_ready(rx.http(), Duration::from_secs(30));
+        rx
+    }
+
+    fn r(&self) -> &wharf::app::Running {
+        self.running.as_ref().expect("running")
+    }
+
+    pub fn rw(&self) -> SocketAddr {
+        self.r().remote_write_addr
+    }
+
+    pub fn http(&self) -> SocketAddr {
+        self.r().http_addr
+    }
+
+    pub fn grpc(&self) -> SocketAddr {
+        self.r().grpc_addr
+    }
+
+    pub fn store(&self) -> StoreApi {
+        StoreApi::connect(self.grpc())
+    }
+
+    /// Stops gracefully (WALs synced) and returns the data directory for a restart.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        if let Some(r) = self.running.take() {
+            self.rt.block_on(r.stop()).expect("stop receiver");
+        }
+        self.dir
+    }
+}
+
+/// A blocking StoreAPI client over real gRPC.
+pub struct StoreApi {
+    rt: tokio::runtime::Runtime,
+    client: StoreClient<tonic::transport::Channel>,
+    pub info: wharf::proto::thanos::info::info_client::InfoClient<tonic::transport::Channel>,
+}
+
+impl StoreApi {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let ch = rt
+            .block_on(tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect())
+            .expect("connect grpc");
+        let client = StoreClient::new(ch.clone()).max_decoding_message_size(usize::MAX >> 1);
+        let info = wharf::proto::thanos::info::info_client::InfoClient::new(ch);
+        Self { rt, client, info }
+    }
+
+    /// Collects a Series call: frames flattened, warnings separate.
+    pub fn series(&mut self, req: pb::SeriesRequest) -> Result<(Vec<pb::Series>, Vec<String>), tonic::Status> {
+        let mut client = self.client.clone();
+        self.rt.block_on(async move {
+            let mut stream = client.series(req).await?.into_inner();
+            let (mut out, mut warnings) = (Vec::new(), Vec::new());
+            while let Some(frame) = stream.message().await? {
+                match frame.result {
+                    Some(pb::series_response::Result::Series(s)) => out.push(s),
+                    Some(pb::series_response::Result::Batch(b)) => out.extend(b.series),
+                    Some(pb::series_response::Result::Warning(w)) => warnings.push(w),
+                    Some(pb::series_response::Result::Hints(_)) | None => {}
+                }
+            }
+            Ok((out, warnings))
+        })
+    }
+
+    pub fn label_names(&mut self, req: pb::LabelNamesRequest) -> Result<pb::LabelNamesResponse, tonic::Status> {
+        let mut client = self.client.clone();
+        self.rt.block_on(async move { client.label_names(req).await.map(|r| r.into_inner()) })
+    }
+
+    pub fn label_values(&mut self, req: pb::LabelValuesRequest) -> Result<pb::LabelValuesResponse, tonic::Status> {
+        let mut client = self.client.clone();
+        self.rt.block_on(async move { client.label_values(req).await.map(|r| r.into_inner()) })
+    }
+
+    pub fn info(&mut self) -> Result<wharf::proto::thanos::info::InfoResponse, tonic::Status> {
+        let mut c = self.info.clone();
+        self.rt.block_on(async move { c.info(wharf::proto::thanos::info::InfoRequest {}).await.map(|r| r.into_inner()) })
+    }
+}
+
+pub fn matcher(kind: pb::label_matcher::Type, name: &str, value: &str) -> pb::LabelMatcher {
+    pb::LabelMatcher { r#type: kind as i32, name: name.into(), value: value.into() }
+}
+
+pub fn eq(name: &str, value: &str) -> pb::LabelMatcher {
+    matcher(pb::label_matcher::Type::Eq, name, value)
+}
+
+/// Label pairs of a StoreAPI series.
+pub fn pairs(s: &pb::Series) -> Series {
+    s.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect()
+}
+
+/// Every (t, value bits) in a series' chunks, decoded.
+pub fn samples(s: &pb::Series) -> Vec<(i64, u64)> {
+    let mut out = Vec::new();
+    for c in &s.chunks {
+        let raw = c.raw.as_ref().expect("raw chunk");
+        for (t, v) in wharf::tsdb::chunkenc::decode_xor(&raw.data).expect("decode chunk") {
+            out.push((t, v.to_bits()));
+        }
+    }
+    out
+}
+
+/// The real `wharf` binary as a child process with its own data directory.
+pub struct Proc {
+    pub child: Child,
+    pub rw: SocketAddr,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub log: PathBuf,
+}
+
+/// Picks a free loopback port by binding and releasing it (the child binds it right after).
+pub fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+impl Proc {
+    pub fn spawn(data: &Path, extra: &[&str]) -> Self {
+        let (rw, grpc, http) = (free_port(), free_port(), free_port());
+        let log = data.with_extension(format!("log.{}", rw.port()));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .arg("receive")
+            .args(["--remote-write.address", &rw.to_string(), "--grpc-address", &grpc.to_string()])
+            .args(["--http-address", &http.to_string(), "--tsdb.path", &data.to_string_lossy()])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn wharf");
+        Self { child, rw, grpc, http, log }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status code.
+    pub fn terminate(mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
