@@ -23,7 +23,10 @@ use crate::telemetry::{metrics, Check};
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("open tsdb: {0}")]
     Tsdb(#[from] crate::multitsdb::MultiTsdbError),
     #[error("{0}")]
@@ -49,7 +52,9 @@ impl Running {
 
     /// Waits until the receiver has stopped (after [`Running::trigger`] or a failure).
     pub async fn wait(self) -> Result<(), AppError> {
-        self.task.await.map_err(|e| AppError::Server(format!("receiver task: {e}")))?
+        self.task
+            .await
+            .map_err(|e| AppError::Server(format!("receiver task: {e}")))?
     }
 
     /// A handle that triggers shutdown, for signal handlers.
@@ -59,7 +64,9 @@ impl Running {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
-    TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })
 }
 
 /// Binds every listener, then opens the TSDBs in the background; `/-/ready` turns ready when
@@ -81,21 +88,41 @@ pub async fn start(cfg: ReceiveConfig) -> Result<Running, AppError> {
             decode: cfg.decode.clone(),
         }),
     };
-    let grpc_state = GrpcState { ingest: cell.clone(), default_tenant: cfg.multitsdb.default_tenant.clone() };
+    let grpc_state = GrpcState {
+        ingest: cell.clone(),
+        default_tenant: cfg.multitsdb.default_tenant.clone(),
+    };
     set_status(false);
 
     let task = tokio::spawn(run(cfg, rw, grpc, ops, http_state, grpc_state, cell, rx));
     tracing::info!(%remote_write_addr, %grpc_addr, %http_addr, "listening");
-    Ok(Running { remote_write_addr, grpc_addr, http_addr, shutdown: tx, task })
+    Ok(Running {
+        remote_write_addr,
+        grpc_addr,
+        http_addr,
+        shutdown: tx,
+        task,
+    })
 }
 
 fn local(l: &TcpListener) -> Result<SocketAddr, AppError> {
-    l.local_addr().map_err(|e| AppError::Server(format!("local address: {e}")))
+    l.local_addr()
+        .map_err(|e| AppError::Server(format!("local address: {e}")))
 }
 
 fn set_status(ready: bool) {
-    metrics().status.get_or_create(&Check { check: "healthy".into() }).set(1);
-    metrics().status.get_or_create(&Check { check: "ready".into() }).set(i64::from(ready));
+    metrics()
+        .status
+        .get_or_create(&Check {
+            check: "healthy".into(),
+        })
+        .set(1);
+    metrics()
+        .status
+        .get_or_create(&Check {
+            check: "ready".into(),
+        })
+        .set(i64::from(ready));
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
@@ -120,12 +147,20 @@ async fn run(
     let rw_srv = tokio::spawn({
         let rx = rx.clone();
         let app = http::remote_write_router(http_state.clone());
-        async move { axum::serve(rw, app).with_graceful_shutdown(stopped(rx)).await }
+        async move {
+            axum::serve(rw, app)
+                .with_graceful_shutdown(stopped(rx))
+                .await
+        }
     });
     let ops_srv = tokio::spawn({
         let rx = rx.clone();
         let app = http::ops_router(http_state);
-        async move { axum::serve(ops, app).with_graceful_shutdown(stopped(rx)).await }
+        async move {
+            axum::serve(ops, app)
+                .with_graceful_shutdown(stopped(rx))
+                .await
+        }
     });
     let grpc_srv = tokio::spawn({
         let rx = rx.clone();
@@ -133,8 +168,13 @@ async fn run(
         async move {
             tonic::transport::Server::builder()
                 .add_service(InfoServer::new(grpc_state.clone()))
-                .add_service(StoreServer::new(grpc_state.clone()).max_decoding_message_size(usize::MAX >> 1))
-                .add_service(WriteableStoreServer::new(grpc_state).max_decoding_message_size(usize::MAX >> 1))
+                .add_service(
+                    StoreServer::new(grpc_state.clone()).max_decoding_message_size(usize::MAX >> 1),
+                )
+                .add_service(
+                    WriteableStoreServer::new(grpc_state)
+                        .max_decoding_message_size(usize::MAX >> 1),
+                )
                 .serve_with_incoming_shutdown(incoming, stopped(rx))
                 .await
         }
@@ -174,11 +214,19 @@ async fn run(
         let _ = ops_srv.await;
         let _ = grpc_srv.await;
     };
-    if tokio::time::timeout(grace.max(Duration::from_millis(1)), servers).await.is_err() {
-        tracing::warn!(?grace, "grace period over; closing with requests still in flight");
+    if tokio::time::timeout(grace.max(Duration::from_millis(1)), servers)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "grace period over; closing with requests still in flight"
+        );
     }
     if let Some(db) = tsdb {
-        tokio::task::spawn_blocking(move || db.close()).await.map_err(|e| AppError::Server(format!("close task: {e}")))?;
+        tokio::task::spawn_blocking(move || db.close())
+            .await
+            .map_err(|e| AppError::Server(format!("close task: {e}")))?;
     }
     tracing::info!("stopped");
     Ok(())

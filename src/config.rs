@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{
+    Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches, Parser, Subcommand, ValueEnum,
+};
 
 use crate::model::{Labels, TenantId};
 use crate::tsdb::{HeadOptions, TsdbOptions, WalOptions, WalSync};
@@ -16,7 +18,11 @@ pub enum ConfigError {
     #[error("invalid --label {0:?}: expected name=\"value\"")]
     BadLabel(String),
     #[error("invalid duration {value:?} for --{flag}: {reason}")]
-    BadDuration { flag: &'static str, value: String, reason: String },
+    BadDuration {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("--{flag} is not supported yet: {why}")]
     Unsupported { flag: String, why: &'static str },
     #[error("invalid --{flag}: {reason}")]
@@ -24,10 +30,19 @@ pub enum ConfigError {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "wharf", version, about = "Thanos Receive-compatible Prometheus remote-write ingestion server")]
+#[command(
+    name = "wharf",
+    version,
+    about = "Thanos Receive-compatible Prometheus remote-write ingestion server"
+)]
 pub struct Cli {
     /// Log filtering level: debug, info, warn, error.
-    #[arg(long = "log.level", env = "WHARF_LOG_LEVEL", default_value = "info", global = true)]
+    #[arg(
+        long = "log.level",
+        env = "WHARF_LOG_LEVEL",
+        default_value = "info",
+        global = true
+    )]
     pub log_level: String,
     /// Log format: logfmt or json.
     #[arg(long = "log.format", env = "WHARF_LOG_FORMAT", value_enum, default_value_t = LogFormat::Logfmt, global = true)]
@@ -59,19 +74,39 @@ pub enum WalSyncArg {
 #[derive(Debug, Args)]
 pub struct ReceiveArgs {
     /// Listen address for HTTP: metrics, /-/ready, /-/healthy.
-    #[arg(long = "http-address", env = "WHARF_HTTP_ADDRESS", default_value = "0.0.0.0:10902")]
+    #[arg(
+        long = "http-address",
+        env = "WHARF_HTTP_ADDRESS",
+        default_value = "0.0.0.0:10902"
+    )]
     pub http_address: SocketAddr,
     /// Time to wait for in-flight HTTP requests at shutdown.
-    #[arg(long = "http-grace-period", env = "WHARF_HTTP_GRACE_PERIOD", default_value = "2m")]
+    #[arg(
+        long = "http-grace-period",
+        env = "WHARF_HTTP_GRACE_PERIOD",
+        default_value = "2m"
+    )]
     pub http_grace_period: String,
     /// Listen address for gRPC: StoreAPI, Info, WriteableStore.
-    #[arg(long = "grpc-address", env = "WHARF_GRPC_ADDRESS", default_value = "0.0.0.0:10901")]
+    #[arg(
+        long = "grpc-address",
+        env = "WHARF_GRPC_ADDRESS",
+        default_value = "0.0.0.0:10901"
+    )]
     pub grpc_address: SocketAddr,
     /// Time to wait for in-flight gRPC calls at shutdown.
-    #[arg(long = "grpc-grace-period", env = "WHARF_GRPC_GRACE_PERIOD", default_value = "2m")]
+    #[arg(
+        long = "grpc-grace-period",
+        env = "WHARF_GRPC_GRACE_PERIOD",
+        default_value = "2m"
+    )]
     pub grpc_grace_period: String,
     /// Listen address for remote write (POST /api/v1/receive).
-    #[arg(long = "remote-write.address", env = "WHARF_REMOTE_WRITE_ADDRESS", default_value = "0.0.0.0:19291")]
+    #[arg(
+        long = "remote-write.address",
+        env = "WHARF_REMOTE_WRITE_ADDRESS",
+        default_value = "0.0.0.0:19291"
+    )]
     pub remote_write_address: SocketAddr,
     /// Data directory: one TSDB per tenant below it.
     #[arg(long = "tsdb.path", env = "WHARF_TSDB_PATH", default_value = "./data")]
@@ -80,28 +115,60 @@ pub struct ReceiveArgs {
     #[arg(long = "label", env = "WHARF_LABEL", value_delimiter = ',')]
     pub labels: Vec<String>,
     /// HTTP header that names the tenant of a write.
-    #[arg(long = "receive.tenant-header", env = "WHARF_RECEIVE_TENANT_HEADER", default_value = "THANOS-TENANT")]
+    #[arg(
+        long = "receive.tenant-header",
+        env = "WHARF_RECEIVE_TENANT_HEADER",
+        default_value = "THANOS-TENANT"
+    )]
     pub tenant_header: String,
     /// Tenant for writes that name none.
-    #[arg(long = "receive.default-tenant-id", env = "WHARF_RECEIVE_DEFAULT_TENANT_ID", default_value = "default-tenant")]
+    #[arg(
+        long = "receive.default-tenant-id",
+        env = "WHARF_RECEIVE_DEFAULT_TENANT_ID",
+        default_value = "default-tenant"
+    )]
     pub default_tenant: String,
     /// External label name that carries the tenant.
-    #[arg(long = "receive.tenant-label-name", env = "WHARF_RECEIVE_TENANT_LABEL_NAME", default_value = "tenant_id")]
+    #[arg(
+        long = "receive.tenant-label-name",
+        env = "WHARF_RECEIVE_TENANT_LABEL_NAME",
+        default_value = "tenant_id"
+    )]
     pub tenant_label: String,
     /// Replication factor; only 1 until the hashring lands.
-    #[arg(long = "receive.replication-factor", env = "WHARF_RECEIVE_REPLICATION_FACTOR", default_value_t = 1)]
+    #[arg(
+        long = "receive.replication-factor",
+        env = "WHARF_RECEIVE_REPLICATION_FACTOR",
+        default_value_t = 1
+    )]
     pub replication_factor: u64,
     /// Block duration; chunks never cross a multiple of it.
-    #[arg(long = "tsdb.min-block-duration", env = "WHARF_TSDB_MIN_BLOCK_DURATION", default_value = "2h")]
+    #[arg(
+        long = "tsdb.min-block-duration",
+        env = "WHARF_TSDB_MIN_BLOCK_DURATION",
+        default_value = "2h"
+    )]
     pub min_block_duration: String,
     /// Must equal --tsdb.min-block-duration (no local compaction, as in Thanos Receive).
-    #[arg(long = "tsdb.max-block-duration", env = "WHARF_TSDB_MAX_BLOCK_DURATION", default_value = "2h")]
+    #[arg(
+        long = "tsdb.max-block-duration",
+        env = "WHARF_TSDB_MAX_BLOCK_DURATION",
+        default_value = "2h"
+    )]
     pub max_block_duration: String,
     /// How long local blocks are kept (blocks are not cut yet, so nothing is deleted).
-    #[arg(long = "tsdb.retention", env = "WHARF_TSDB_RETENTION", default_value = "15d")]
+    #[arg(
+        long = "tsdb.retention",
+        env = "WHARF_TSDB_RETENTION",
+        default_value = "15d"
+    )]
     pub retention: String,
     /// Accept out-of-order samples this far back; only 0s (off) is supported yet.
-    #[arg(long = "tsdb.out-of-order.time-window", env = "WHARF_TSDB_OUT_OF_ORDER_TIME_WINDOW", default_value = "0s")]
+    #[arg(
+        long = "tsdb.out-of-order.time-window",
+        env = "WHARF_TSDB_OUT_OF_ORDER_TIME_WINDOW",
+        default_value = "0s"
+    )]
     pub ooo_window: String,
     /// Snappy-compress WAL records.
     #[arg(long = "tsdb.wal-compression", env = "WHARF_TSDB_WAL_COMPRESSION", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -129,19 +196,40 @@ const NOT_YET: &[(&str, Effect)] = &[
     ("tracing.config-file", Effect::Warn),
     ("enable-auto-gomemlimit", Effect::Warn),
     ("auto-gomemlimit.ratio", Effect::Warn),
-    ("http.config", Effect::Refuse("the ops endpoint would be served without the configured TLS/auth")),
-    ("grpc-server-tls-cert", Effect::Refuse("gRPC would be served without TLS")),
-    ("grpc-server-tls-key", Effect::Refuse("gRPC would be served without TLS")),
-    ("grpc-server-tls-client-ca", Effect::Refuse("gRPC would be served without client verification")),
+    (
+        "http.config",
+        Effect::Refuse("the ops endpoint would be served without the configured TLS/auth"),
+    ),
+    (
+        "grpc-server-tls-cert",
+        Effect::Refuse("gRPC would be served without TLS"),
+    ),
+    (
+        "grpc-server-tls-key",
+        Effect::Refuse("gRPC would be served without TLS"),
+    ),
+    (
+        "grpc-server-tls-client-ca",
+        Effect::Refuse("gRPC would be served without client verification"),
+    ),
     ("grpc-server-tls-min-version", Effect::Warn),
     ("grpc-server-tls-ciphers", Effect::Warn),
     ("grpc-server-tls-curves", Effect::Warn),
     ("grpc-server-max-connection-age", Effect::Warn),
     ("store.limits.request-series", Effect::Warn),
     ("store.limits.request-samples", Effect::Warn),
-    ("remote-write.server-tls-cert", Effect::Refuse("remote write would be served without TLS")),
-    ("remote-write.server-tls-key", Effect::Refuse("remote write would be served without TLS")),
-    ("remote-write.server-tls-client-ca", Effect::Refuse("remote write would be served without client verification")),
+    (
+        "remote-write.server-tls-cert",
+        Effect::Refuse("remote write would be served without TLS"),
+    ),
+    (
+        "remote-write.server-tls-key",
+        Effect::Refuse("remote write would be served without TLS"),
+    ),
+    (
+        "remote-write.server-tls-client-ca",
+        Effect::Refuse("remote write would be served without client verification"),
+    ),
     ("remote-write.server-tls-min-version", Effect::Warn),
     ("remote-write.server-tls-ciphers", Effect::Warn),
     ("remote-write.server-tls-curves", Effect::Warn),
@@ -154,13 +242,25 @@ const NOT_YET: &[(&str, Effect)] = &[
     ("remote-write.client-tls-min-version", Effect::Warn),
     ("objstore.config", Effect::Warn),
     ("objstore.config-file", Effect::Warn),
-    ("receive.hashrings-file", Effect::Refuse("series would be stored here instead of routed by the hashring")),
-    ("receive.hashrings", Effect::Refuse("series would be stored here instead of routed by the hashring")),
+    (
+        "receive.hashrings-file",
+        Effect::Refuse("series would be stored here instead of routed by the hashring"),
+    ),
+    (
+        "receive.hashrings",
+        Effect::Refuse("series would be stored here instead of routed by the hashring"),
+    ),
     ("receive.hashrings-algorithm", Effect::Warn),
     ("receive.hashrings-file-refresh-interval", Effect::Warn),
     ("receive.local-endpoint", Effect::Warn),
-    ("receive.tenant-certificate-field", Effect::Refuse("writes would land in the header's tenant, not the certificate's")),
-    ("receive.split-tenant-label-name", Effect::Refuse("writes would land in the header's tenant, not the label's")),
+    (
+        "receive.tenant-certificate-field",
+        Effect::Refuse("writes would land in the header's tenant, not the certificate's"),
+    ),
+    (
+        "receive.split-tenant-label-name",
+        Effect::Refuse("writes would land in the header's tenant, not the label's"),
+    ),
     ("receive.replica-header", Effect::Warn),
     ("receive.forward.async-workers", Effect::Warn),
     ("receive.grpc-compression", Effect::Warn),
@@ -170,19 +270,31 @@ const NOT_YET: &[(&str, Effect)] = &[
     ("receive-forward-timeout", Effect::Warn),
     ("receive-forward-max-backoff", Effect::Warn),
     ("receive.artificial-max-delay", Effect::Warn),
-    ("receive.relabel-config", Effect::Refuse("series would be stored without the configured relabelling")),
-    ("receive.relabel-config-file", Effect::Refuse("series would be stored without the configured relabelling")),
+    (
+        "receive.relabel-config",
+        Effect::Refuse("series would be stored without the configured relabelling"),
+    ),
+    (
+        "receive.relabel-config-file",
+        Effect::Refuse("series would be stored without the configured relabelling"),
+    ),
     ("receive.limits-config", Effect::Warn),
     ("receive.limits-config-file", Effect::Warn),
     ("receive.limits-config-reload-timer", Effect::Warn),
-    ("tsdb.too-far-in-future.time-window", Effect::Refuse("samples from the future would be stored instead of rejected")),
+    (
+        "tsdb.too-far-in-future.time-window",
+        Effect::Refuse("samples from the future would be stored instead of rejected"),
+    ),
     ("tsdb.out-of-order.cap-max", Effect::Warn),
     ("tsdb.allow-overlapping-blocks", Effect::Warn),
     ("tsdb.max-retention-bytes", Effect::Warn),
     ("tsdb.no-lockfile", Effect::Warn),
     ("tsdb.head.expanded-postings-cache-size", Effect::Warn),
     ("tsdb.block.expanded-postings-cache-size", Effect::Warn),
-    ("tsdb.max-exemplars", Effect::Refuse("exemplars would be dropped instead of stored")),
+    (
+        "tsdb.max-exemplars",
+        Effect::Refuse("exemplars would be dropped instead of stored"),
+    ),
     ("tsdb.write-queue-size", Effect::Warn),
     ("tsdb.memory-snapshot-on-shutdown", Effect::Warn),
     ("tsdb.enable-native-histograms", Effect::Warn),
@@ -198,7 +310,10 @@ const NOT_YET: &[(&str, Effect)] = &[
     ("receive.otlp-enable-target-info", Effect::Warn),
     ("receive.otlp-promote-resource-attributes", Effect::Warn),
     ("enable-feature", Effect::Warn),
-    ("receive.lazy-retrieval-max-buffered-responses", Effect::Warn),
+    (
+        "receive.lazy-retrieval-max-buffered-responses",
+        Effect::Warn,
+    ),
 ];
 
 /// The clap command: the derived flags plus the accepted-but-not-implemented Thanos flags.
@@ -207,7 +322,9 @@ pub fn command() -> Command {
     cmd.mut_subcommand("receive", |sub| {
         sub.args(NOT_YET.iter().map(|(name, effect)| {
             let help = match effect {
-                Effect::Warn => "Thanos flag, accepted and ignored (not implemented yet)".to_string(),
+                Effect::Warn => {
+                    "Thanos flag, accepted and ignored (not implemented yet)".to_string()
+                }
                 Effect::Refuse(why) => format!("Thanos flag, not supported yet: {why}"),
             };
             Arg::new(*name)
@@ -237,7 +354,11 @@ where
 }
 
 fn given_not_yet(m: &ArgMatches) -> Vec<String> {
-    NOT_YET.iter().filter(|(name, _)| m.contains_id(name) && m.value_source(name).is_some()).map(|(n, _)| n.to_string()).collect()
+    NOT_YET
+        .iter()
+        .filter(|(name, _)| m.contains_id(name) && m.value_source(name).is_some())
+        .map(|(n, _)| n.to_string())
+        .collect()
 }
 
 /// Warns about each given not-yet-implemented flag, or fails on the first that must be refused.
@@ -245,8 +366,15 @@ pub fn check_not_yet(given: &[String]) -> Result<Vec<String>, ConfigError> {
     let mut warnings = Vec::new();
     for g in given {
         match NOT_YET.iter().find(|(n, _)| n == g).map(|(_, e)| *e) {
-            Some(Effect::Refuse(why)) => return Err(ConfigError::Unsupported { flag: g.clone(), why }),
-            Some(Effect::Warn) | None => warnings.push(format!("flag --{g} is accepted but not implemented yet; ignoring it")),
+            Some(Effect::Refuse(why)) => {
+                return Err(ConfigError::Unsupported {
+                    flag: g.clone(),
+                    why,
+                })
+            }
+            Some(Effect::Warn) | None => warnings.push(format!(
+                "flag --{g} is accepted but not implemented yet; ignoring it"
+            )),
         }
     }
     Ok(warnings)
@@ -254,17 +382,26 @@ pub fn check_not_yet(given: &[String]) -> Result<Vec<String>, ConfigError> {
 
 /// Parses a Prometheus-style duration ("2h", "15d", "0s", "500ms").
 pub fn parse_duration(flag: &'static str, v: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(v.trim()).map_err(|e| ConfigError::BadDuration { flag, value: v.into(), reason: e.to_string() })
+    humantime::parse_duration(v.trim()).map_err(|e| ConfigError::BadDuration {
+        flag,
+        value: v.into(),
+        reason: e.to_string(),
+    })
 }
 
 /// Parses `--label` values (`name="value"`, quotes optional).
 pub fn parse_labels(raw: &[String]) -> Result<Labels, ConfigError> {
     let mut pairs = Vec::new();
     for l in raw {
-        let (n, v) = l.split_once('=').ok_or_else(|| ConfigError::BadLabel(l.clone()))?;
+        let (n, v) = l
+            .split_once('=')
+            .ok_or_else(|| ConfigError::BadLabel(l.clone()))?;
         let n = n.trim();
         let v = v.trim();
-        let v = v.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(v);
+        let v = v
+            .strip_prefix('"')
+            .and_then(|s| s.strip_suffix('"'))
+            .unwrap_or(v);
         if n.is_empty() || v.is_empty() {
             return Err(ConfigError::BadLabel(l.clone()));
         }
@@ -294,11 +431,15 @@ impl ReceiveArgs {
         if min_block != max_block {
             return Err(ConfigError::Invalid {
                 flag: "tsdb.max-block-duration",
-                reason: "must equal --tsdb.min-block-duration (Receive does no local compaction)".into(),
+                reason: "must equal --tsdb.min-block-duration (Receive does no local compaction)"
+                    .into(),
             });
         }
         if min_block.as_millis() == 0 {
-            return Err(ConfigError::Invalid { flag: "tsdb.min-block-duration", reason: "must be positive".into() });
+            return Err(ConfigError::Invalid {
+                flag: "tsdb.min-block-duration",
+                reason: "must be positive".into(),
+            });
         }
         parse_duration("tsdb.retention", &self.retention)?;
         if !parse_duration("tsdb.out-of-order.time-window", &self.ooo_window)?.is_zero() {
@@ -313,19 +454,28 @@ impl ReceiveArgs {
                 why: "replication needs the hashring, which is not implemented yet; only 1 is accepted",
             });
         }
-        let grace = parse_duration("http-grace-period", &self.http_grace_period)?
-            .max(parse_duration("grpc-grace-period", &self.grpc_grace_period)?);
+        let grace = parse_duration("http-grace-period", &self.http_grace_period)?.max(
+            parse_duration("grpc-grace-period", &self.grpc_grace_period)?,
+        );
         let mut defaulted_label = None;
         let mut external_labels = parse_labels(&self.labels)?;
         if external_labels.is_empty() {
-            let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".into());
+            let host = hostname::get()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "localhost".into());
             defaulted_label = Some(format!("receive_replica=\"{host}\""));
             external_labels = Labels::from_pairs([("receive_replica", host)]);
         }
-        let default_tenant = TenantId::new(&self.default_tenant)
-            .map_err(|e| ConfigError::Invalid { flag: "receive.default-tenant-id", reason: e.to_string() })?;
+        let default_tenant =
+            TenantId::new(&self.default_tenant).map_err(|e| ConfigError::Invalid {
+                flag: "receive.default-tenant-id",
+                reason: e.to_string(),
+            })?;
         if axum::http::HeaderName::from_bytes(self.tenant_header.as_bytes()).is_err() {
-            return Err(ConfigError::Invalid { flag: "receive.tenant-header", reason: "not a valid HTTP header name".into() });
+            return Err(ConfigError::Invalid {
+                flag: "receive.tenant-header",
+                reason: "not a valid HTTP header name".into(),
+            });
         }
         let wal = WalOptions {
             segment_size: self.wal_segment_size,
@@ -338,14 +488,20 @@ impl ReceiveArgs {
         let multitsdb = crate::multitsdb::Options {
             path: self.tsdb_path,
             tsdb: TsdbOptions {
-                head: HeadOptions { chunk_range: min_block.as_millis() as i64, ..HeadOptions::default() },
+                head: HeadOptions {
+                    chunk_range: min_block.as_millis() as i64,
+                    ..HeadOptions::default()
+                },
                 wal,
             },
             external_labels,
             tenant_label: self.tenant_label,
             default_tenant,
         };
-        multitsdb.validate().map_err(|e| ConfigError::Invalid { flag: "tsdb.*", reason: e.to_string() })?;
+        multitsdb.validate().map_err(|e| ConfigError::Invalid {
+            flag: "tsdb.*",
+            reason: e.to_string(),
+        })?;
         Ok(ReceiveConfig {
             http_address: self.http_address,
             grpc_address: self.grpc_address,
@@ -364,7 +520,8 @@ mod tests {
     use super::*;
 
     fn receive(args: &[&str]) -> Result<(ReceiveConfig, Vec<String>), String> {
-        let (cli, given) = parse_from(["wharf", "receive"].iter().chain(args)).map_err(|e| e.to_string())?;
+        let (cli, given) =
+            parse_from(["wharf", "receive"].iter().chain(args)).map_err(|e| e.to_string())?;
         let warnings = check_not_yet(&given).map_err(|e| e.to_string())?;
         let Commands::Receive(r) = cli.command;
         Ok((r.into_config().map_err(|e| e.to_string())?, warnings))
@@ -393,9 +550,12 @@ mod tests {
 
     #[test]
     fn unimplemented_flags_warn_or_refuse() {
-        let (_, w) = receive(&["--objstore.config-file", "bucket.yml", "--tsdb.no-lockfile"]).unwrap();
+        let (_, w) =
+            receive(&["--objstore.config-file", "bucket.yml", "--tsdb.no-lockfile"]).unwrap();
         assert_eq!(w.len(), 2);
-        assert!(receive(&["--receive.hashrings-file", "h.json"]).unwrap_err().contains("hashring"));
+        assert!(receive(&["--receive.hashrings-file", "h.json"])
+            .unwrap_err()
+            .contains("hashring"));
         assert!(receive(&["--tsdb.out-of-order.time-window", "10m"]).is_err());
         assert!(receive(&["--tsdb.out-of-order.time-window", "0s"]).is_ok());
         assert!(receive(&["--receive.replication-factor", "3"]).is_err());

@@ -12,7 +12,11 @@ use crate::tsdb::SampleRejection;
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("{count} series rejected, e.g. {series}: {reason}")]
-    InvalidSeries { count: usize, series: String, reason: SeriesError },
+    InvalidSeries {
+        count: usize,
+        series: String,
+        reason: SeriesError,
+    },
     #[error("{count} series carry native histograms, which are not supported yet, e.g. {series}")]
     NativeHistograms { count: usize, series: String },
     #[error("{total} samples rejected ({out_of_order} out of order, {duplicate} duplicate timestamp with another value, {out_of_bounds} too old), e.g. {series} at {t}: {reason}")]
@@ -34,9 +38,13 @@ pub enum IngestError {
 impl IngestError {
     pub fn class(&self) -> ErrorClass {
         match self {
-            IngestError::InvalidSeries { .. } | IngestError::NativeHistograms { .. } => ErrorClass::BadRequest,
+            IngestError::InvalidSeries { .. } | IngestError::NativeHistograms { .. } => {
+                ErrorClass::BadRequest
+            }
             IngestError::Conflict { .. } => ErrorClass::Conflict,
-            IngestError::NotReady | IngestError::Storage(MultiTsdbError::Closed) => ErrorClass::Unavailable,
+            IngestError::NotReady | IngestError::Storage(MultiTsdbError::Closed) => {
+                ErrorClass::Unavailable
+            }
             IngestError::Storage(_) => ErrorClass::Internal,
         }
     }
@@ -58,7 +66,10 @@ pub struct Ingest {
 
 impl Ingest {
     pub fn new(tsdb: Arc<MultiTsdb>) -> Self {
-        Self { tsdb, ready: AtomicBool::new(true) }
+        Self {
+            tsdb,
+            ready: AtomicBool::new(true),
+        }
     }
 
     pub fn tsdb(&self) -> &Arc<MultiTsdb> {
@@ -72,8 +83,16 @@ impl Ingest {
     /// Writes every valid series, then reports the worst problem: a storage failure, then an
     /// invalid series (400: the request can never fully succeed), then rejected samples (409).
     /// Valid data is written even when an error is returned, as Thanos does. Blocking.
-    pub fn write(&self, tenant: &TenantId, batch: &WriteBatch<'_>) -> Result<WriteSummary, (WriteSummary, IngestError)> {
-        let mut summary = WriteSummary { series: batch.series.len(), samples: batch.total_samples(), appended: 0 };
+    pub fn write(
+        &self,
+        tenant: &TenantId,
+        batch: &WriteBatch<'_>,
+    ) -> Result<WriteSummary, (WriteSummary, IngestError)> {
+        let mut summary = WriteSummary {
+            series: batch.series.len(),
+            samples: batch.total_samples(),
+            appended: 0,
+        };
         if !self.ready.load(Ordering::Acquire) {
             return Err((summary, IngestError::NotReady));
         }
@@ -85,11 +104,21 @@ impl Ingest {
         let invalid = batch.series.iter().filter(|s| s.error.is_some()).count();
         if let Some(first) = batch.series.iter().find(|s| s.error.is_some()) {
             let reason = first.error.unwrap_or(SeriesError::NoLabels);
-            return Err((summary, IngestError::InvalidSeries { count: invalid, series: batch.describe(first), reason }));
+            return Err((
+                summary,
+                IngestError::InvalidSeries {
+                    count: invalid,
+                    series: batch.describe(first),
+                    reason,
+                },
+            ));
         }
         let with_histograms: Vec<_> = batch.series.iter().filter(|s| s.histograms > 0).collect();
         if let Some(first) = with_histograms.first() {
-            let e = IngestError::NativeHistograms { count: with_histograms.len(), series: batch.describe(first) };
+            let e = IngestError::NativeHistograms {
+                count: with_histograms.len(),
+                series: batch.describe(first),
+            };
             return Err((summary, e));
         }
         let r = &res.rejected;
@@ -99,7 +128,11 @@ impl Ingest {
                 SampleRejection::DuplicateTimestamp => "duplicate sample for timestamp",
                 SampleRejection::OutOfBounds => "out of bounds",
             };
-            let series = batch.series.get(idx).map(|s| batch.describe(s)).unwrap_or_default();
+            let series = batch
+                .series
+                .get(idx)
+                .map(|s| batch.describe(s))
+                .unwrap_or_default();
             let e = IngestError::Conflict {
                 total: r.total(),
                 out_of_order: r.out_of_order,

@@ -20,8 +20,11 @@ pub enum LoggingError {
 }
 
 pub fn init(level: &str, format: LogFormat) -> Result<(), LoggingError> {
-    let filter = EnvFilter::try_new(level).map_err(|e| LoggingError::Level(level.into(), e.to_string()))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_new(level).map_err(|e| LoggingError::Level(level.into(), e.to_string()))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let res = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Logfmt => builder.event_format(Logfmt).try_init(),
@@ -37,12 +40,21 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
         let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now());
         let level = event.metadata().level().as_str().to_ascii_lowercase();
         let mut v = Fields::default();
         event.record(&mut v);
-        write!(w, "ts={ts} level={level} caller={}", event.metadata().target())?;
+        write!(
+            w,
+            "ts={ts} level={level} caller={}",
+            event.metadata().target()
+        )?;
         write!(w, " msg={}", quote(&v.msg))?;
         w.write_str(&v.rest)?;
         writeln!(w)
@@ -70,7 +82,10 @@ impl Visit for Fields {
 }
 
 fn quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '=') {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_graphic() && c != '"' && c != '=')
+    {
         s.to_string()
     } else {
         format!("{s:?}")

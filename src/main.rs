@@ -16,7 +16,10 @@ fn main() -> anyhow::Result<()> {
             if let Some(l) = &cfg.defaulted_label {
                 tracing::info!(label = %l, "no --label given; using a replica label from the hostname");
             }
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start runtime")?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("start runtime")?;
             rt.block_on(async move {
                 let running = wharf::app::start(cfg).await?;
                 let trigger = running.trigger();

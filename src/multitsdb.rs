@@ -10,14 +10,17 @@ use parking_lot::RwLock;
 use crate::model::{Label, Labels, TenantId};
 use crate::remote_write::WriteBatch;
 use crate::telemetry::{self, metrics};
-use crate::tsdb::{AppendResult, Tsdb, TsdbError, TsdbOptions};
+use crate::tsdb::{AppendResult, HeadSnapshot, Tsdb, TsdbError, TsdbOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MultiTsdbError {
     #[error("tenant {tenant}: {source}")]
     Tenant { tenant: TenantId, source: TsdbError },
     #[error("list tenants in {dir}: {source}")]
-    List { dir: PathBuf, source: std::io::Error },
+    List {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("shutting down")]
     Closed,
 }
@@ -38,7 +41,9 @@ pub struct Options {
 impl Options {
     pub fn validate(&self) -> Result<(), TsdbError> {
         if self.tenant_label.is_empty() {
-            return Err(TsdbError::Config("tenant label name must not be empty".into()));
+            return Err(TsdbError::Config(
+                "tenant label name must not be empty".into(),
+            ));
         }
         self.tsdb.validate()
     }
@@ -63,19 +68,34 @@ impl MultiTsdb {
     /// Opens every tenant directory (replaying WALs) and the default tenant. Blocking.
     pub fn open(opts: Options) -> Result<Self, MultiTsdbError> {
         let dir = opts.path.clone();
-        std::fs::create_dir_all(&dir).map_err(|source| MultiTsdbError::List { dir: dir.clone(), source })?;
-        let this = Self { opts, tenants: RwLock::new(BTreeMap::new()), closed: RwLock::new(false) };
-        let entries = std::fs::read_dir(&dir).map_err(|source| MultiTsdbError::List { dir: dir.clone(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| MultiTsdbError::List {
+            dir: dir.clone(),
+            source,
+        })?;
+        let this = Self {
+            opts,
+            tenants: RwLock::new(BTreeMap::new()),
+            closed: RwLock::new(false),
+        };
+        let entries = std::fs::read_dir(&dir).map_err(|source| MultiTsdbError::List {
+            dir: dir.clone(),
+            source,
+        })?;
         let mut names = Vec::new();
         for e in entries {
-            let e = e.map_err(|source| MultiTsdbError::List { dir: dir.clone(), source })?;
+            let e = e.map_err(|source| MultiTsdbError::List {
+                dir: dir.clone(),
+                source,
+            })?;
             if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 continue;
             }
             let name = e.file_name().to_string_lossy().into_owned();
             match TenantId::new(&name) {
                 Ok(t) if name != "lost+found" => names.push(t),
-                _ => tracing::warn!(dir = %e.path().display(), "skipping directory that is not a tenant"),
+                _ => {
+                    tracing::warn!(dir = %e.path().display(), "skipping directory that is not a tenant")
+                }
             }
         }
         names.push(this.opts.default_tenant.clone());
@@ -105,45 +125,74 @@ impl MultiTsdb {
             return Ok(db.clone());
         }
         let dir = self.opts.path.join(tenant.as_str());
-        let (db, stats) = Tsdb::open(&dir, &self.opts.tsdb)
-            .map_err(|source| MultiTsdbError::Tenant { tenant: tenant.clone(), source })?;
+        let (db, stats) =
+            Tsdb::open(&dir, &self.opts.tsdb).map_err(|source| MultiTsdbError::Tenant {
+                tenant: tenant.clone(),
+                source,
+            })?;
         let m = metrics();
         let tl = telemetry::tenant(tenant.as_str());
-        m.replay_duration.get_or_create(&tl).set(stats.duration.as_secs_f64());
+        m.replay_duration
+            .get_or_create(&tl)
+            .set(stats.duration.as_secs_f64());
         if let Some(torn) = &stats.wal.torn {
             m.wal_corruptions.get_or_create(&tl).inc();
             tracing::warn!(tenant = %tenant, segment = torn.segment, offset = torn.offset, reason = %torn.reason, "wal replay truncated a torn tail");
         }
         tracing::info!(tenant = %tenant, series = stats.series, samples = stats.samples, segments = stats.wal.segments,
             unknown_refs = stats.unknown_refs, duration = ?stats.duration, "tenant tsdb opened");
-        let entry = Arc::new(TenantDb { tenant: tenant.clone(), external_labels: self.external_labels(tenant), db });
-        update_head_metrics(&entry);
+        let entry = Arc::new(TenantDb {
+            tenant: tenant.clone(),
+            external_labels: self.external_labels(tenant),
+            db,
+        });
+        update_head_metrics(tenant, &entry.db.snapshot());
         tenants.insert(tenant.clone(), entry.clone());
         Ok(entry)
     }
 
     /// Appends a batch to a tenant, opening it if needed. Blocking.
-    pub fn append(&self, tenant: &TenantId, batch: &WriteBatch<'_>) -> Result<AppendResult, MultiTsdbError> {
+    pub fn append(
+        &self,
+        tenant: &TenantId,
+        batch: &WriteBatch<'_>,
+    ) -> Result<AppendResult, MultiTsdbError> {
         let t = self.get_or_open(tenant)?;
         let res = t.db.append(batch).map_err(|source| {
-            metrics().wal_writes_failed.get_or_create(&telemetry::tenant(tenant.as_str())).inc();
-            MultiTsdbError::Tenant { tenant: tenant.clone(), source }
+            metrics()
+                .wal_writes_failed
+                .get_or_create(&telemetry::tenant(tenant.as_str()))
+                .inc();
+            MultiTsdbError::Tenant {
+                tenant: tenant.clone(),
+                source,
+            }
         })?;
         let m = metrics();
         let tl = telemetry::tenant(tenant.as_str());
-        m.head_samples_appended.get_or_create(&telemetry::float_type(tenant.as_str())).inc_by(res.appended);
-        m.head_series_created.get_or_create(&tl).inc_by(res.new_series);
+        m.head_samples_appended
+            .get_or_create(&telemetry::float_type(tenant.as_str()))
+            .inc_by(res.appended);
+        m.head_series_created
+            .get_or_create(&tl)
+            .inc_by(res.new_series);
         if res.rejected.out_of_order > 0 {
-            m.out_of_order_samples.get_or_create(&telemetry::float_type(tenant.as_str())).inc_by(res.rejected.out_of_order);
+            m.out_of_order_samples
+                .get_or_create(&telemetry::float_type(tenant.as_str()))
+                .inc_by(res.rejected.out_of_order);
         }
         if res.rejected.out_of_bounds > 0 {
-            m.out_of_bound_samples.get_or_create(&telemetry::float_type(tenant.as_str())).inc_by(res.rejected.out_of_bounds);
+            m.out_of_bound_samples
+                .get_or_create(&telemetry::float_type(tenant.as_str()))
+                .inc_by(res.rejected.out_of_bounds);
         }
         if res.rejected.duplicate > 0 {
-            m.duplicate_samples.get_or_create(&tl).inc_by(res.rejected.duplicate);
+            m.duplicate_samples
+                .get_or_create(&tl)
+                .inc_by(res.rejected.duplicate);
         }
         if res.new_series > 0 || res.appended > 0 {
-            update_head_metrics(&t);
+            update_head_metrics(tenant, &res.head);
         }
         Ok(res)
     }
@@ -165,12 +214,17 @@ impl MultiTsdb {
     }
 }
 
-fn update_head_metrics(t: &TenantDb) {
+fn update_head_metrics(tenant: &TenantId, h: &HeadSnapshot) {
     let m = metrics();
-    let tl = telemetry::tenant(t.tenant.as_str());
-    let stats = t.db.stats();
-    m.head_series.get_or_create(&tl).set(stats.series as i64);
-    if let Some((lo, hi)) = t.db.time_range() {
+    let tl = telemetry::tenant(tenant.as_str());
+    m.head_series.get_or_create(&tl).set(h.stats.series as i64);
+    m.head_chunks
+        .get_or_create(&tl)
+        .set(h.stats.chunks_created as i64);
+    m.wal_segment_current
+        .get_or_create(&tl)
+        .set(i64::from(h.wal_segment));
+    if let Some((lo, hi)) = h.time_range {
         m.head_min_time.get_or_create(&tl).set(lo);
         m.head_max_time.get_or_create(&tl).set(hi);
     }

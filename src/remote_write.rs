@@ -18,7 +18,9 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { max_request_bytes: 32 << 20 }
+        Self {
+            max_request_bytes: 32 << 20,
+        }
     }
 }
 
@@ -26,7 +28,9 @@ impl DecodeError {
     pub fn class(&self) -> crate::model::ErrorClass {
         use crate::model::ErrorClass;
         match self {
-            DecodeError::EmptyBody | DecodeError::Snappy(_) | DecodeError::Protobuf(_) => ErrorClass::BadRequest,
+            DecodeError::EmptyBody | DecodeError::Snappy(_) | DecodeError::Protobuf(_) => {
+                ErrorClass::BadRequest
+            }
             DecodeError::TooLarge { .. } => ErrorClass::PayloadTooLarge,
             DecodeError::Config(_) => ErrorClass::Internal,
         }
@@ -36,7 +40,9 @@ impl DecodeError {
 impl Options {
     pub fn validate(&self) -> Result<(), DecodeError> {
         if self.max_request_bytes == 0 {
-            return Err(DecodeError::Config("max request bytes must be positive".into()));
+            return Err(DecodeError::Config(
+                "max request bytes must be positive".into(),
+            ));
         }
         Ok(())
     }
@@ -132,8 +138,14 @@ pub fn from_timeseries(series: &[crate::proto::prom::TimeSeries]) -> WriteBatch<
     for ts in series {
         let label_start = batch.labels.len() as u32;
         let sample_start = batch.samples.len() as u32;
-        batch.labels.extend(ts.labels.iter().map(|l| (l.name.as_str(), l.value.as_str())));
-        batch.samples.extend(ts.samples.iter().map(|s| (s.timestamp, s.value)));
+        batch.labels.extend(
+            ts.labels
+                .iter()
+                .map(|l| (l.name.as_str(), l.value.as_str())),
+        );
+        batch
+            .samples
+            .extend(ts.samples.iter().map(|s| (s.timestamp, s.value)));
         let error = validate_labels(&batch.labels[label_start as usize..]).err();
         batch.series.push(SeriesView {
             labels: label_start..batch.labels.len() as u32,
@@ -152,11 +164,17 @@ pub fn decompress(body: &[u8], opts: &Options) -> Result<Vec<u8>, DecodeError> {
         return Err(DecodeError::EmptyBody);
     }
     if body.len() > opts.max_request_bytes {
-        return Err(DecodeError::TooLarge { size: body.len(), limit: opts.max_request_bytes });
+        return Err(DecodeError::TooLarge {
+            size: body.len(),
+            limit: opts.max_request_bytes,
+        });
     }
     let len = snap::raw::decompress_len(body).map_err(|e| DecodeError::Snappy(e.to_string()))?;
     if len > opts.max_request_bytes {
-        return Err(DecodeError::TooLarge { size: len, limit: opts.max_request_bytes });
+        return Err(DecodeError::TooLarge {
+            size: len,
+            limit: opts.max_request_bytes,
+        });
     }
     let mut out = vec![0u8; len];
     let n = snap::raw::Decoder::new()
@@ -315,7 +333,10 @@ impl<'a> Reader<'a> {
     fn varint(&mut self) -> Result<u64, DecodeError> {
         let mut out = 0u64;
         for i in 0..10 {
-            let b = *self.buf.get(self.pos).ok_or(DecodeError::Protobuf("truncated varint"))?;
+            let b = *self
+                .buf
+                .get(self.pos)
+                .ok_or(DecodeError::Protobuf("truncated varint"))?;
             self.pos += 1;
             out |= u64::from(b & 0x7f) << (7 * i);
             if b < 0x80 {
@@ -340,7 +361,9 @@ impl<'a> Reader<'a> {
             .ok()
             .and_then(|l| self.pos.checked_add(l))
             .filter(|&e| e <= self.buf.len())
-            .ok_or(DecodeError::Protobuf("length-delimited field runs past the end"))?;
+            .ok_or(DecodeError::Protobuf(
+                "length-delimited field runs past the end",
+            ))?;
         let out = &self.buf[self.pos..end];
         self.pos = end;
         Ok(out)
@@ -377,13 +400,25 @@ mod tests {
     use super::*;
     use crate::proto::prom::{Sample, TimeSeries, WriteRequest};
     use crate::proto::thanos::Label;
-    use prost::Message;
     use proptest::prelude::*;
+    use prost::Message;
 
     fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
         TimeSeries {
-            labels: labels.iter().map(|(n, v)| Label { name: n.to_string(), value: v.to_string() }).collect(),
-            samples: samples.iter().map(|&(t, v)| Sample { timestamp: t, value: v }).collect(),
+            labels: labels
+                .iter()
+                .map(|(n, v)| Label {
+                    name: n.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            samples: samples
+                .iter()
+                .map(|&(t, v)| Sample {
+                    timestamp: t,
+                    value: v,
+                })
+                .collect(),
             ..Default::default()
         }
     }
@@ -396,7 +431,10 @@ mod tests {
     fn decodes_what_prost_encodes() {
         let req = WriteRequest {
             timeseries: vec![
-                series(&[("__name__", "up"), ("job", "a")], &[(1, 1.0), (2, f64::from_bits(crate::model::STALE_NAN_BITS))]),
+                series(
+                    &[("__name__", "up"), ("job", "a")],
+                    &[(1, 1.0), (2, f64::from_bits(crate::model::STALE_NAN_BITS))],
+                ),
                 series(&[("__name__", "x")], &[]),
             ],
             metadata: vec![],
@@ -405,7 +443,10 @@ mod tests {
         let raw = decompress(&body, &Options::default()).unwrap();
         let b = decode(&raw).unwrap();
         assert_eq!(b.series.len(), 2);
-        assert_eq!(b.labels_of(&b.series[0]), &[("__name__", "up"), ("job", "a")]);
+        assert_eq!(
+            b.labels_of(&b.series[0]),
+            &[("__name__", "up"), ("job", "a")]
+        );
         let s = b.samples_of(&b.series[0]);
         assert_eq!(s[0], (1, 1.0));
         assert_eq!(s[1].1.to_bits(), crate::model::STALE_NAN_BITS);
@@ -414,12 +455,16 @@ mod tests {
 
     #[test]
     fn label_rules_are_per_series() {
-        let cases: &[(&[(&str, &str)], Option<SeriesError>)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], Option<SeriesError>);
+        let cases: &[Case] = &[
             (&[], Some(SeriesError::NoLabels)),
             (&[("", "v")], Some(SeriesError::EmptyLabelName)),
             (&[("a", "")], Some(SeriesError::EmptyLabelValue)),
             (&[("b", "1"), ("a", "1")], Some(SeriesError::UnsortedLabels)),
-            (&[("a", "1"), ("a", "2")], Some(SeriesError::DuplicateLabelName)),
+            (
+                &[("a", "1"), ("a", "2")],
+                Some(SeriesError::DuplicateLabelName),
+            ),
             (&[("a", "1"), ("b", "2")], None),
         ];
         for (labels, want) in cases {
@@ -441,9 +486,14 @@ mod tests {
 
     #[test]
     fn size_limits_apply_before_allocation() {
-        let opts = Options { max_request_bytes: 100 };
+        let opts = Options {
+            max_request_bytes: 100,
+        };
         let body = compress(&vec![0u8; 1000]);
-        assert!(matches!(decompress(&body, &opts), Err(DecodeError::TooLarge { size: 1000, .. })));
+        assert!(matches!(
+            decompress(&body, &opts),
+            Err(DecodeError::TooLarge { size: 1000, .. })
+        ));
         // A header that claims 4 GiB must be refused without allocating it.
         let lying = [0xff, 0xff, 0xff, 0xff, 0x0f, 0x00];
         assert!(decompress(&lying, &Options::default()).is_err());

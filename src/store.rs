@@ -39,7 +39,7 @@ impl Shard {
     fn keeps(&self, labels: &Labels) -> bool {
         let mut h = xxhash_rust::xxh64::Xxh64::new(0);
         for l in labels.iter() {
-            if self.labels.iter().any(|n| *n == l.name) == self.by {
+            if self.labels.contains(&l.name) == self.by {
                 h.update(l.name.as_bytes());
                 h.update(&[0xff]);
                 h.update(l.value.as_bytes());
@@ -89,9 +89,14 @@ pub fn series(db: &MultiTsdb, q: &SeriesQuery) -> Result<SeriesResult, StoreErro
     }
     let mut out = SeriesResult::default();
     for t in db.tenants() {
-        let Some(rest) = tenant_matchers(&t, &q.matchers) else { continue };
+        let Some(rest) = tenant_matchers(&t, &q.matchers) else {
+            continue;
+        };
         if rest.is_empty() {
-            let msg = format!("tenant {}: no matchers specified (excluding external labels)", t.tenant);
+            let msg = format!(
+                "tenant {}: no matchers specified (excluding external labels)",
+                t.tenant
+            );
             if q.abort_on_error {
                 return Err(StoreError::Aborted(msg));
             }
@@ -100,7 +105,10 @@ pub fn series(db: &MultiTsdb, q: &SeriesQuery) -> Result<SeriesResult, StoreErro
         }
         for (labels, chunks) in t.db.select(&rest, q.min_time, q.max_time, q.skip_chunks) {
             let labels = labels.merged(&t.external_labels, &q.without_replica_labels);
-            if q.shard.as_ref().is_some_and(|s| s.total > 0 && !s.keeps(&labels)) {
+            if q.shard
+                .as_ref()
+                .is_some_and(|s| s.total > 0 && !s.keeps(&labels))
+            {
                 continue;
             }
             out.series.push((labels, chunks));
@@ -134,13 +142,18 @@ fn finish(mut v: Vec<String>, limit: usize) -> Vec<String> {
 pub fn label_names(db: &MultiTsdb, q: &LabelQuery) -> Vec<String> {
     let mut names = Vec::new();
     for t in db.tenants() {
-        let Some(rest) = tenant_matchers(&t, &q.matchers) else { continue };
+        let Some(rest) = tenant_matchers(&t, &q.matchers) else {
+            continue;
+        };
         let found = t.db.label_names(&rest, q.start, q.end);
         if found.is_empty() {
             continue;
         }
         names.extend(found);
-        let ext = t.external_labels.iter().filter(|l| !q.without_replica_labels.contains(&l.name));
+        let ext = t
+            .external_labels
+            .iter()
+            .filter(|l| !q.without_replica_labels.contains(&l.name));
         names.extend(ext.map(|l| l.name.clone()));
     }
     finish(names, q.limit)
@@ -155,7 +168,9 @@ pub fn label_values(db: &MultiTsdb, name: &str, q: &LabelQuery) -> Result<Vec<St
     }
     let mut values = Vec::new();
     for t in db.tenants() {
-        let Some(rest) = tenant_matchers(&t, &q.matchers) else { continue };
+        let Some(rest) = tenant_matchers(&t, &q.matchers) else {
+            continue;
+        };
         if let Some(v) = t.external_labels.get(name) {
             if rest.is_empty() || !t.db.select(&rest, q.start, q.end, true).is_empty() {
                 values.push(v.to_string());

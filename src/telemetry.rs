@@ -101,24 +101,96 @@ impl Metrics {
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters itself.
-        r.register("http_requests", "Requests by handler, code, method and tenant", m.http_requests.clone());
-        r.register("http_request_duration_seconds", "Request latency", m.http_duration.clone());
-        r.register("thanos_receive_write_timeseries", "Series per remote-write request", m.write_timeseries.clone());
-        r.register("thanos_receive_write_samples", "Samples per remote-write request", m.write_samples.clone());
-        r.register("prometheus_tsdb_head_series", "Series in the head", m.head_series.clone());
-        r.register("prometheus_tsdb_head_series_created", "Series created in the head", m.head_series_created.clone());
-        r.register("prometheus_tsdb_head_samples_appended", "Samples appended to the head", m.head_samples_appended.clone());
-        r.register("prometheus_tsdb_head_chunks", "Chunks held in the head", m.head_chunks.clone());
-        r.register("prometheus_tsdb_head_min_time", "Lowest timestamp in the head (ms)", m.head_min_time.clone());
-        r.register("prometheus_tsdb_head_max_time", "Highest timestamp in the head (ms)", m.head_max_time.clone());
-        r.register("prometheus_tsdb_out_of_order_samples", "Samples rejected as out of order", m.out_of_order_samples.clone());
-        r.register("prometheus_tsdb_out_of_bound_samples", "Samples rejected as too old", m.out_of_bound_samples.clone());
-        r.register("wharf_tsdb_duplicate_samples", "Samples rejected for a timestamp already holding another value", m.duplicate_samples.clone());
-        r.register("prometheus_tsdb_wal_corruptions", "WAL corruptions repaired at replay", m.wal_corruptions.clone());
-        r.register("prometheus_tsdb_wal_writes_failed", "Failed WAL writes", m.wal_writes_failed.clone());
-        r.register("prometheus_tsdb_wal_segment_current", "WAL segment index being written", m.wal_segment_current.clone());
-        r.register("prometheus_tsdb_data_replay_duration_seconds", "Time spent replaying the WAL at open", m.replay_duration.clone());
-        r.register("thanos_status", "Probe state: 1 when the check passes", m.status.clone());
+        r.register(
+            "http_requests",
+            "Requests by handler, code, method and tenant",
+            m.http_requests.clone(),
+        );
+        r.register(
+            "http_request_duration_seconds",
+            "Request latency",
+            m.http_duration.clone(),
+        );
+        r.register(
+            "thanos_receive_write_timeseries",
+            "Series per remote-write request",
+            m.write_timeseries.clone(),
+        );
+        r.register(
+            "thanos_receive_write_samples",
+            "Samples per remote-write request",
+            m.write_samples.clone(),
+        );
+        r.register(
+            "prometheus_tsdb_head_series",
+            "Series in the head",
+            m.head_series.clone(),
+        );
+        r.register(
+            "prometheus_tsdb_head_series_created",
+            "Series created in the head",
+            m.head_series_created.clone(),
+        );
+        r.register(
+            "prometheus_tsdb_head_samples_appended",
+            "Samples appended to the head",
+            m.head_samples_appended.clone(),
+        );
+        r.register(
+            "prometheus_tsdb_head_chunks",
+            "Chunks held in the head",
+            m.head_chunks.clone(),
+        );
+        r.register(
+            "prometheus_tsdb_head_min_time",
+            "Lowest timestamp in the head (ms)",
+            m.head_min_time.clone(),
+        );
+        r.register(
+            "prometheus_tsdb_head_max_time",
+            "Highest timestamp in the head (ms)",
+            m.head_max_time.clone(),
+        );
+        r.register(
+            "prometheus_tsdb_out_of_order_samples",
+            "Samples rejected as out of order",
+            m.out_of_order_samples.clone(),
+        );
+        r.register(
+            "prometheus_tsdb_out_of_bound_samples",
+            "Samples rejected as too old",
+            m.out_of_bound_samples.clone(),
+        );
+        r.register(
+            "wharf_tsdb_duplicate_samples",
+            "Samples rejected for a timestamp already holding another value",
+            m.duplicate_samples.clone(),
+        );
+        r.register(
+            "prometheus_tsdb_wal_corruptions",
+            "WAL corruptions repaired at replay",
+            m.wal_corruptions.clone(),
+        );
+        r.register(
+            "prometheus_tsdb_wal_writes_failed",
+            "Failed WAL writes",
+            m.wal_writes_failed.clone(),
+        );
+        r.register(
+            "prometheus_tsdb_wal_segment_current",
+            "WAL segment index being written",
+            m.wal_segment_current.clone(),
+        );
+        r.register(
+            "prometheus_tsdb_data_replay_duration_seconds",
+            "Time spent replaying the WAL at open",
+            m.replay_duration.clone(),
+        );
+        r.register(
+            "thanos_status",
+            "Probe state: 1 when the check passes",
+            m.status.clone(),
+        );
         Self { registry: r, ..m }
     }
 
@@ -139,9 +211,14 @@ pub fn metrics() -> &'static Metrics {
 }
 
 pub fn tenant(t: &str) -> Tenant {
-    Tenant { tenant: t.to_string() }
+    Tenant {
+        tenant: t.to_string(),
+    }
 }
 
 pub fn float_type(t: &str) -> TenantType {
-    TenantType { tenant: t.to_string(), r#type: "float".into() }
+    TenantType {
+        tenant: t.to_string(),
+        r#type: "float".into(),
+    }
 }

@@ -28,7 +28,10 @@ pub enum TsdbError {
     #[error("replay write ahead log in {dir}: {reason}")]
     Replay { dir: PathBuf, reason: String },
     #[error("create tsdb directory {dir}: {source}")]
-    CreateDir { dir: PathBuf, source: std::io::Error },
+    CreateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid tsdb options: {0}")]
     Config(String),
 }
@@ -80,6 +83,16 @@ pub struct AppendResult {
     pub appended: u64,
     pub new_series: u64,
     pub rejected: Rejections,
+    /// The head after the append, for metrics (read under the same lock).
+    pub head: HeadSnapshot,
+}
+
+/// Head gauges taken under the append's lock, so metrics need no second lock round trip.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HeadSnapshot {
+    pub stats: head::HeadStats,
+    pub time_range: Option<(i64, i64)>,
+    pub wal_segment: u32,
 }
 
 /// What opening a TSDB found in its WAL.
@@ -104,6 +117,16 @@ struct Inner {
     pending_last: HashMap<SeriesId, (i64, u64)>,
 }
 
+impl Inner {
+    fn snapshot(&self) -> HeadSnapshot {
+        HeadSnapshot {
+            stats: self.head.stats(),
+            time_range: self.head.time_range(),
+            wal_segment: self.wal.as_ref().map_or(0, |w| w.current_segment()),
+        }
+    }
+}
+
 /// One tenant's database. All access is serialised by one lock: the WAL is a single stream, and
 /// one core per tenant is the design point.
 #[derive(Debug)]
@@ -116,7 +139,10 @@ impl Tsdb {
     /// Opens (creating if needed) the TSDB in `dir`, replaying its WAL into a new head. Blocking.
     pub fn open(dir: &Path, opts: &TsdbOptions) -> Result<(Self, OpenStats), TsdbError> {
         let start = Instant::now();
-        std::fs::create_dir_all(dir).map_err(|source| TsdbError::CreateDir { dir: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| TsdbError::CreateDir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
         let wal_dir = dir.join("wal");
         let mut head = Head::new(opts.head.clone());
         let mut refs: HashMap<u64, SeriesId> = HashMap::new();
@@ -147,9 +173,18 @@ impl Tsdb {
             }
             Ok(())
         })
-        .map_err(|e| TsdbError::Replay { dir: wal_dir.clone(), reason: e.to_string() })?;
+        .map_err(|e| TsdbError::Replay {
+            dir: wal_dir.clone(),
+            reason: e.to_string(),
+        })?;
         let wal = wal::Wal::open(&wal_dir, opts.wal.clone())?;
-        let stats = OpenStats { series: head.num_series(), samples, wal: wal_stats, unknown_refs, duration: start.elapsed() };
+        let stats = OpenStats {
+            series: head.num_series(),
+            samples,
+            wal: wal_stats,
+            unknown_refs,
+            duration: start.elapsed(),
+        };
         let inner = Inner {
             head,
             wal: Some(wal),
@@ -160,7 +195,13 @@ impl Tsdb {
             unlogged: Vec::new(),
             pending_last: HashMap::new(),
         };
-        Ok((Self { dir: dir.to_path_buf(), inner: Mutex::new(inner) }, stats))
+        Ok((
+            Self {
+                dir: dir.to_path_buf(),
+                inner: Mutex::new(inner),
+            },
+            stats,
+        ))
     }
 
     pub fn dir(&self) -> &Path {
@@ -212,9 +253,19 @@ impl Tsdb {
             }
         }
         if inner.accepted.is_empty() && inner.unlogged.is_empty() {
+            res.head = inner.snapshot();
             return Ok(res);
         }
-        let Inner { head, wal, series_rec, samples_rec, accepted, accepted_ids, unlogged, .. } = inner;
+        let Inner {
+            head,
+            wal,
+            series_rec,
+            samples_rec,
+            accepted,
+            accepted_ids,
+            unlogged,
+            ..
+        } = inner;
         let wal = wal.as_mut().ok_or(wal::WalError::Closed)?;
         let mut records: Vec<&[u8]> = Vec::with_capacity(2);
         if !unlogged.is_empty() {
@@ -236,19 +287,38 @@ impl Tsdb {
             head.append(id, s.t, s.v);
         }
         res.appended = accepted.len() as u64;
+        res.head = inner.snapshot();
         Ok(res)
     }
 
-    pub fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64, skip_chunks: bool) -> Vec<(Labels, Vec<ChunkData>)> {
-        self.inner.lock().head.select(matchers, mint, maxt, skip_chunks)
+    pub fn select(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        skip_chunks: bool,
+    ) -> Vec<(Labels, Vec<ChunkData>)> {
+        self.inner
+            .lock()
+            .head
+            .select(matchers, mint, maxt, skip_chunks)
     }
 
     pub fn label_names(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<String> {
         self.inner.lock().head.label_names(matchers, start, end)
     }
 
-    pub fn label_values(&self, name: &str, matchers: &[Matcher], start: i64, end: i64) -> Vec<String> {
-        self.inner.lock().head.label_values(name, matchers, start, end)
+    pub fn label_values(
+        &self,
+        name: &str,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Vec<String> {
+        self.inner
+            .lock()
+            .head
+            .label_values(name, matchers, start, end)
     }
 
     /// (min, max) sample time, or None when empty.
@@ -256,12 +326,8 @@ impl Tsdb {
         self.inner.lock().head.time_range()
     }
 
-    pub fn stats(&self) -> head::HeadStats {
-        self.inner.lock().head.stats()
-    }
-
-    pub fn num_chunks(&self) -> usize {
-        self.inner.lock().head.num_chunks()
+    pub fn snapshot(&self) -> HeadSnapshot {
+        self.inner.lock().snapshot()
     }
 
     /// Flushes and fsyncs the WAL and stops accepting appends. Blocking.

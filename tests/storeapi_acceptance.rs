@@ -20,14 +20,23 @@ fn w() -> Vec<String> {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 /// A fresh receiver holding the given series, each with one sample.
-fn store_with(series_list: &[(&[(&str, &str)], i64, f64)]) -> Receiver {
+/// Label pairs, timestamp and value of one series' only sample.
+type OneSample<'a> = (&'a [(&'a str, &'a str)], i64, f64);
+
+fn store_with(series_list: &[OneSample]) -> Receiver {
     let rx = Receiver::start(&["--label", "region=\"eu-west\""]);
     if !series_list.is_empty() {
-        let ts = series_list.iter().map(|(l, t, v)| series(l, &[(*t, *v)])).collect();
+        let ts = series_list
+            .iter()
+            .map(|(l, t, v)| series(l, &[(*t, *v)]))
+            .collect();
         let (code, body) = write(rx.rw(), None, ts);
         assert_eq!(code, 200, "{body}");
     }
@@ -37,13 +46,25 @@ fn store_with(series_list: &[(&[(&str, &str)], i64, f64)]) -> Receiver {
 fn names(rx: &Receiver, start: i64, end: i64, matchers: Vec<pb::LabelMatcher>) -> Vec<String> {
     let r = rx
         .store()
-        .label_names(pb::LabelNamesRequest { start, end, matchers, without_replica_labels: w(), ..Default::default() })
+        .label_names(pb::LabelNamesRequest {
+            start,
+            end,
+            matchers,
+            without_replica_labels: w(),
+            ..Default::default()
+        })
         .expect("label names");
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
     r.names
 }
 
-fn values(rx: &Receiver, label: &str, start: i64, end: i64, matchers: Vec<pb::LabelMatcher>) -> Vec<String> {
+fn values(
+    rx: &Receiver,
+    label: &str,
+    start: i64,
+    end: i64,
+    matchers: Vec<pb::LabelMatcher>,
+) -> Vec<String> {
     let r = rx
         .store()
         .label_values(pb::LabelValuesRequest {
@@ -84,7 +105,10 @@ fn s(v: &[&str]) -> Vec<String> {
 }
 
 fn l(pairs: &[(&str, &str)]) -> Series {
-    let mut v: Series = pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+    let mut v: Series = pairs
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
     v.push(("region".into(), "eu-west".into()));
     v.sort();
     v
@@ -93,28 +117,66 @@ fn l(pairs: &[(&str, &str)]) -> Series {
 #[test]
 fn g1_empty_store() {
     let rx = store_with(&[]);
-    assert_eq!(names(&rx, MIN_TIME, MAX_TIME, vec![]), Vec::<String>::new(), "A01");
+    assert_eq!(
+        names(&rx, MIN_TIME, MAX_TIME, vec![]),
+        Vec::<String>::new(),
+        "A01"
+    );
     let err = rx
         .store()
-        .label_values(pb::LabelValuesRequest { label: String::new(), start: MIN_TIME, end: MAX_TIME, ..Default::default() })
+        .label_values(pb::LabelValuesRequest {
+            label: String::new(),
+            start: MIN_TIME,
+            end: MAX_TIME,
+            ..Default::default()
+        })
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "A02");
     assert_eq!(err.message(), "label name parameter cannot be empty", "A02");
-    assert!(values(&rx, "foo", MIN_TIME, MAX_TIME, vec![]).is_empty(), "A03");
-    assert_eq!(values(&rx, "region", MIN_TIME, MAX_TIME, vec![]), s(&["eu-west"]), "A04");
+    assert!(
+        values(&rx, "foo", MIN_TIME, MAX_TIME, vec![]).is_empty(),
+        "A03"
+    );
+    assert_eq!(
+        values(&rx, "region", MIN_TIME, MAX_TIME, vec![]),
+        s(&["eu-west"]),
+        "A04"
+    );
 }
 
 #[test]
 fn g2_g3_single_label() {
     let now = now_ms();
     let rx = store_with(&[(&[("foo", "foovalue1")], now, 1.0)]);
-    assert_eq!(names(&rx, MIN_TIME, MAX_TIME, vec![]), s(&["foo", "region"]), "A05");
-    assert_eq!(values(&rx, "foo", MIN_TIME, MAX_TIME, vec![]), s(&["foovalue1"]), "A06");
-    assert!(values(&rx, "replica", MIN_TIME, MAX_TIME, vec![]).is_empty(), "A07");
+    assert_eq!(
+        names(&rx, MIN_TIME, MAX_TIME, vec![]),
+        s(&["foo", "region"]),
+        "A05"
+    );
+    assert_eq!(
+        values(&rx, "foo", MIN_TIME, MAX_TIME, vec![]),
+        s(&["foovalue1"]),
+        "A06"
+    );
+    assert!(
+        values(&rx, "replica", MIN_TIME, MAX_TIME, vec![]).is_empty(),
+        "A07"
+    );
 
-    let rx = store_with(&[(&[("foo", "foovalue1")], now, 1.0), (&[("foo", "foovalue2")], now, 1.0)]);
-    assert_eq!(names(&rx, MIN_TIME, MAX_TIME, vec![]), s(&["foo", "region"]), "A08");
-    assert_eq!(values(&rx, "foo", MIN_TIME, MAX_TIME, vec![]), s(&["foovalue1", "foovalue2"]), "A09");
+    let rx = store_with(&[
+        (&[("foo", "foovalue1")], now, 1.0),
+        (&[("foo", "foovalue2")], now, 1.0),
+    ]);
+    assert_eq!(
+        names(&rx, MIN_TIME, MAX_TIME, vec![]),
+        s(&["foo", "region"]),
+        "A08"
+    );
+    assert_eq!(
+        values(&rx, "foo", MIN_TIME, MAX_TIME, vec![]),
+        s(&["foovalue1", "foovalue2"]),
+        "A09"
+    );
 }
 
 #[test]
@@ -126,37 +188,148 @@ fn g4_names_and_values_with_matchers_and_ranges() {
         (&[("bar", "barvalue1"), ("foo", "foovalue1")], now, 1.0),
     ]);
     let old = now - 4 * 3600 * 1000;
-    assert_eq!(names(&rx, MIN_TIME, MAX_TIME, vec![]), s(&["bar", "foo", "region"]), "A10");
+    assert_eq!(
+        names(&rx, MIN_TIME, MAX_TIME, vec![]),
+        s(&["bar", "foo", "region"]),
+        "A10"
+    );
     assert!(names(&rx, MIN_TIME, old, vec![]).is_empty(), "A11");
-    assert_eq!(names(&rx, MIN_TIME, MAX_TIME, vec![eq("bar", "barvalue1")]), s(&["bar", "foo", "region"]), "A12");
-    assert_eq!(names(&rx, MIN_TIME, MAX_TIME, vec![eq("foo", "foovalue2")]), s(&["foo", "region"]), "A13");
-    assert!(names(&rx, MIN_TIME, MAX_TIME, vec![eq("bar", "different")]).is_empty(), "A14");
-    assert_eq!(names(&rx, MIN_TIME, MAX_TIME, vec![eq("region", "eu-west")]), s(&["bar", "foo", "region"]), "A15");
-    assert!(names(&rx, MIN_TIME, MAX_TIME, vec![eq("region", "different")]).is_empty(), "A16");
-    assert_eq!(values(&rx, "foo", MIN_TIME, MAX_TIME, vec![]), s(&["foovalue1", "foovalue2"]), "A17");
-    assert_eq!(values(&rx, "bar", MIN_TIME, MAX_TIME, vec![]), s(&["barvalue1"]), "A18");
+    assert_eq!(
+        names(&rx, MIN_TIME, MAX_TIME, vec![eq("bar", "barvalue1")]),
+        s(&["bar", "foo", "region"]),
+        "A12"
+    );
+    assert_eq!(
+        names(&rx, MIN_TIME, MAX_TIME, vec![eq("foo", "foovalue2")]),
+        s(&["foo", "region"]),
+        "A13"
+    );
+    assert!(
+        names(&rx, MIN_TIME, MAX_TIME, vec![eq("bar", "different")]).is_empty(),
+        "A14"
+    );
+    assert_eq!(
+        names(&rx, MIN_TIME, MAX_TIME, vec![eq("region", "eu-west")]),
+        s(&["bar", "foo", "region"]),
+        "A15"
+    );
+    assert!(
+        names(&rx, MIN_TIME, MAX_TIME, vec![eq("region", "different")]).is_empty(),
+        "A16"
+    );
+    assert_eq!(
+        values(&rx, "foo", MIN_TIME, MAX_TIME, vec![]),
+        s(&["foovalue1", "foovalue2"]),
+        "A17"
+    );
+    assert_eq!(
+        values(&rx, "bar", MIN_TIME, MAX_TIME, vec![]),
+        s(&["barvalue1"]),
+        "A18"
+    );
     assert!(values(&rx, "foo", MIN_TIME, old, vec![]).is_empty(), "A19");
     assert!(values(&rx, "bar", MIN_TIME, old, vec![]).is_empty(), "A20");
-    assert_eq!(values(&rx, "foo", MIN_TIME, MAX_TIME, vec![eq("bar", "barvalue1")]), s(&["foovalue1"]), "A21");
-    assert!(values(&rx, "foo", MIN_TIME, MAX_TIME, vec![eq("bar", "different")]).is_empty(), "A22");
-    assert!(values(&rx, "region", MIN_TIME, MAX_TIME, vec![eq("__name__", "nonexistent")]).is_empty(), "A23");
-    assert!(values(&rx, "region", MIN_TIME, MAX_TIME, vec![eq("region", "eu-east")]).is_empty(), "A24");
-    assert_eq!(values(&rx, "foo", MIN_TIME, MAX_TIME, vec![eq("region", "eu-west")]), s(&["foovalue1", "foovalue2"]), "A25");
-    assert_eq!(values(&rx, "bar", MIN_TIME, MAX_TIME, vec![eq("region", "eu-west")]), s(&["barvalue1"]), "A26");
-    assert!(values(&rx, "foo", MIN_TIME, MAX_TIME, vec![eq("region", "different")]).is_empty(), "A27");
-    assert!(values(&rx, "bar", MIN_TIME, MAX_TIME, vec![eq("region", "different")]).is_empty(), "A28");
+    assert_eq!(
+        values(&rx, "foo", MIN_TIME, MAX_TIME, vec![eq("bar", "barvalue1")]),
+        s(&["foovalue1"]),
+        "A21"
+    );
+    assert!(
+        values(&rx, "foo", MIN_TIME, MAX_TIME, vec![eq("bar", "different")]).is_empty(),
+        "A22"
+    );
+    assert!(
+        values(
+            &rx,
+            "region",
+            MIN_TIME,
+            MAX_TIME,
+            vec![eq("__name__", "nonexistent")]
+        )
+        .is_empty(),
+        "A23"
+    );
+    assert!(
+        values(
+            &rx,
+            "region",
+            MIN_TIME,
+            MAX_TIME,
+            vec![eq("region", "eu-east")]
+        )
+        .is_empty(),
+        "A24"
+    );
+    assert_eq!(
+        values(
+            &rx,
+            "foo",
+            MIN_TIME,
+            MAX_TIME,
+            vec![eq("region", "eu-west")]
+        ),
+        s(&["foovalue1", "foovalue2"]),
+        "A25"
+    );
+    assert_eq!(
+        values(
+            &rx,
+            "bar",
+            MIN_TIME,
+            MAX_TIME,
+            vec![eq("region", "eu-west")]
+        ),
+        s(&["barvalue1"]),
+        "A26"
+    );
+    assert!(
+        values(
+            &rx,
+            "foo",
+            MIN_TIME,
+            MAX_TIME,
+            vec![eq("region", "different")]
+        )
+        .is_empty(),
+        "A27"
+    );
+    assert!(
+        values(
+            &rx,
+            "bar",
+            MIN_TIME,
+            MAX_TIME,
+            vec![eq("region", "different")]
+        )
+        .is_empty(),
+        "A28"
+    );
 }
 
 #[test]
 fn g5_g6_external_labels_win_and_match() {
     let rx = store_with(&[(&[("foo", "bar"), ("region", "somewhere")], 0, 0.0)]);
-    assert_eq!(series_labels(&rx, vec![eq("foo", "bar")], true), vec![l(&[("foo", "bar")])], "A29");
+    assert_eq!(
+        series_labels(&rx, vec![eq("foo", "bar")], true),
+        vec![l(&[("foo", "bar")])],
+        "A29"
+    );
 
     let rx = store_with(&[
         (&[("__name__", "up"), ("foo", "bar"), ("job", "C")], 0, 0.0),
         (&[("__name__", "up"), ("foo", "baz"), ("job", "C")], 0, 0.0),
     ]);
-    assert_eq!(values(&rx, "region", MIN_TIME, MAX_TIME, vec![eq("__name__", "up"), eq("job", "C")]), s(&["eu-west"]), "A30");
+    assert_eq!(
+        values(
+            &rx,
+            "region",
+            MIN_TIME,
+            MAX_TIME,
+            vec![eq("__name__", "up"), eq("job", "C")]
+        ),
+        s(&["eu-west"]),
+        "A30"
+    );
 }
 
 #[test]
@@ -174,45 +347,131 @@ fn g7_matching_behaviour() {
     let n1 = l(&[("n", "1")]);
     let n2 = l(&[("n", "2")]);
     let n25 = l(&[("n", "2.5")]);
-    let all = vec![ia1.clone(), ib1.clone(), n1.clone(), n2.clone(), n25.clone()];
+    let all = vec![
+        ia1.clone(),
+        ib1.clone(),
+        n1.clone(),
+        n2.clone(),
+        n25.clone(),
+    ];
     type Case<'a> = (&'a str, Vec<(Type, &'a str, &'a str)>, Vec<Series>);
     let cases: Vec<Case> = vec![
-        ("A31", vec![(E, "n", "1")], vec![ia1.clone(), ib1.clone(), n1.clone()]),
+        (
+            "A31",
+            vec![(E, "n", "1")],
+            vec![ia1.clone(), ib1.clone(), n1.clone()],
+        ),
         ("A32", vec![(E, "n", "1"), (E, "i", "a")], vec![ia1.clone()]),
         ("A33", vec![(E, "n", "1"), (E, "i", "missing")], vec![]),
         ("A34", vec![(E, "missing", "")], all.clone()),
         ("A35", vec![(N, "n", "1")], vec![n2.clone(), n25.clone()]),
         ("A36", vec![(R, "i", ".+")], vec![ia1.clone(), ib1.clone()]),
         ("A37", vec![(R, "i", ".*")], all.clone()),
-        ("A38", vec![(E, "i", "")], vec![n1.clone(), n2.clone(), n25.clone()]),
+        (
+            "A38",
+            vec![(E, "i", "")],
+            vec![n1.clone(), n2.clone(), n25.clone()],
+        ),
         ("A39", vec![(N, "i", "")], vec![ia1.clone(), ib1.clone()]),
         ("A40", vec![(N, "missing", "")], vec![]),
-        ("A41", vec![(E, "n", "1"), (N, "i", "a")], vec![ib1.clone(), n1.clone()]),
-        ("A42", vec![(R, "n", "^1$")], vec![ia1.clone(), ib1.clone(), n1.clone()]),
-        ("A43", vec![(E, "n", "1"), (R, "i", "^a$")], vec![ia1.clone()]),
-        ("A44", vec![(E, "n", "1"), (R, "i", "^a?$")], vec![ia1.clone(), n1.clone()]),
-        ("A45", vec![(R, "i", "^$")], vec![n1.clone(), n2.clone(), n25.clone()]),
+        (
+            "A41",
+            vec![(E, "n", "1"), (N, "i", "a")],
+            vec![ib1.clone(), n1.clone()],
+        ),
+        (
+            "A42",
+            vec![(R, "n", "^1$")],
+            vec![ia1.clone(), ib1.clone(), n1.clone()],
+        ),
+        (
+            "A43",
+            vec![(E, "n", "1"), (R, "i", "^a$")],
+            vec![ia1.clone()],
+        ),
+        (
+            "A44",
+            vec![(E, "n", "1"), (R, "i", "^a?$")],
+            vec![ia1.clone(), n1.clone()],
+        ),
+        (
+            "A45",
+            vec![(R, "i", "^$")],
+            vec![n1.clone(), n2.clone(), n25.clone()],
+        ),
         ("A46", vec![(E, "n", "1"), (R, "i", "^$")], vec![n1.clone()]),
-        ("A47", vec![(E, "n", "1"), (R, "i", "^.*$")], vec![ia1.clone(), ib1.clone(), n1.clone()]),
-        ("A48", vec![(E, "n", "1"), (R, "i", "^.+$")], vec![ia1.clone(), ib1.clone()]),
+        (
+            "A47",
+            vec![(E, "n", "1"), (R, "i", "^.*$")],
+            vec![ia1.clone(), ib1.clone(), n1.clone()],
+        ),
+        (
+            "A48",
+            vec![(E, "n", "1"), (R, "i", "^.+$")],
+            vec![ia1.clone(), ib1.clone()],
+        ),
         ("A49", vec![(NR, "n", "^1$")], vec![n2.clone(), n25.clone()]),
         ("A50", vec![(NR, "n", "1")], vec![n2.clone(), n25.clone()]),
         ("A51", vec![(NR, "n", "1|2.5")], vec![n2.clone()]),
         ("A52", vec![(NR, "n", "(1|2.5)")], vec![n2.clone()]),
-        ("A53", vec![(E, "n", "1"), (NR, "i", "^a$")], vec![ib1.clone(), n1.clone()]),
-        ("A54", vec![(E, "n", "1"), (NR, "i", "^a?$")], vec![ib1.clone()]),
-        ("A55", vec![(E, "n", "1"), (NR, "i", "^$")], vec![ia1.clone(), ib1.clone()]),
+        (
+            "A53",
+            vec![(E, "n", "1"), (NR, "i", "^a$")],
+            vec![ib1.clone(), n1.clone()],
+        ),
+        (
+            "A54",
+            vec![(E, "n", "1"), (NR, "i", "^a?$")],
+            vec![ib1.clone()],
+        ),
+        (
+            "A55",
+            vec![(E, "n", "1"), (NR, "i", "^$")],
+            vec![ia1.clone(), ib1.clone()],
+        ),
         ("A56", vec![(E, "n", "1"), (NR, "i", "^.*$")], vec![]),
-        ("A57", vec![(E, "n", "1"), (NR, "i", "^.+$")], vec![n1.clone()]),
-        ("A58", vec![(E, "n", "1"), (N, "i", ""), (E, "i", "a")], vec![ia1.clone()]),
-        ("A59", vec![(E, "n", "1"), (N, "i", "b"), (R, "i", "^(b|a).*$")], vec![ia1.clone()]),
-        ("A60", vec![(R, "n", "(1|2)")], vec![ia1.clone(), ib1.clone(), n1.clone(), n2.clone()]),
+        (
+            "A57",
+            vec![(E, "n", "1"), (NR, "i", "^.+$")],
+            vec![n1.clone()],
+        ),
+        (
+            "A58",
+            vec![(E, "n", "1"), (N, "i", ""), (E, "i", "a")],
+            vec![ia1.clone()],
+        ),
+        (
+            "A59",
+            vec![(E, "n", "1"), (N, "i", "b"), (R, "i", "^(b|a).*$")],
+            vec![ia1.clone()],
+        ),
+        (
+            "A60",
+            vec![(R, "n", "(1|2)")],
+            vec![ia1.clone(), ib1.clone(), n1.clone(), n2.clone()],
+        ),
         ("A61", vec![(R, "i", "a|b")], vec![ia1.clone(), ib1.clone()]),
-        ("A62", vec![(R, "i", "(a|b)")], vec![ia1.clone(), ib1.clone()]),
+        (
+            "A62",
+            vec![(R, "i", "(a|b)")],
+            vec![ia1.clone(), ib1.clone()],
+        ),
         ("A63", vec![(R, "n", "x1|2")], vec![n2.clone()]),
-        ("A64", vec![(R, "n", "2|2\\.5")], vec![n2.clone(), n25.clone()]),
-        ("A65", vec![(R, "i", "c||d")], vec![n1.clone(), n2.clone(), n25.clone()]),
-        ("A66", vec![(R, "i", "(c||d)")], vec![n1.clone(), n2.clone(), n25.clone()]),
+        (
+            "A64",
+            vec![(R, "n", "2|2\\.5")],
+            vec![n2.clone(), n25.clone()],
+        ),
+        (
+            "A65",
+            vec![(R, "i", "c||d")],
+            vec![n1.clone(), n2.clone(), n25.clone()],
+        ),
+        (
+            "A66",
+            vec![(R, "i", "(c||d)")],
+            vec![n1.clone(), n2.clone(), n25.clone()],
+        ),
     ];
     for (id, ms, want) in cases {
         let ms = ms.into_iter().map(|(t, n, v)| matcher(t, n, v)).collect();
@@ -223,9 +482,22 @@ fn g7_matching_behaviour() {
 #[test]
 fn g8_g9_non_equal_matchers_on_external_labels() {
     let rx = store_with(&[(&[("__name__", "up"), ("foo", "bar")], 0, 0.0)]);
-    assert_eq!(names(&rx, MIN_TIME, MAX_TIME, vec![matcher(Type::Re, "region", ".*")]), s(&["__name__", "foo", "region"]), "A67");
+    assert_eq!(
+        names(
+            &rx,
+            MIN_TIME,
+            MAX_TIME,
+            vec![matcher(Type::Re, "region", ".*")]
+        ),
+        s(&["__name__", "foo", "region"]),
+        "A67"
+    );
     let ms = vec![eq("__name__", "up"), matcher(Type::Re, "region", ".*")];
-    assert_eq!(values(&rx, "region", MIN_TIME, MAX_TIME, ms), s(&["eu-west"]), "A68");
+    assert_eq!(
+        values(&rx, "region", MIN_TIME, MAX_TIME, ms),
+        s(&["eu-west"]),
+        "A68"
+    );
 
     let now = now_ms();
     let rx = store_with(&[
@@ -233,10 +505,37 @@ fn g8_g9_non_equal_matchers_on_external_labels() {
         (&[("__name__", "up"), ("pod", "pod-2")], now, 1.0),
         (&[("__name__", "kube_pod_info"), ("pod", "pod-1")], now, 1.0),
     ]);
-    assert_eq!(names(&rx, MIN_TIME, MAX_TIME, vec![eq("__name__", "kube_pod_info")]), s(&["__name__", "pod", "region"]), "A69");
-    assert_eq!(names(&rx, MIN_TIME, MAX_TIME, vec![]), s(&["__name__", "pod", "region"]), "A70");
-    assert_eq!(values(&rx, "pod", MIN_TIME, MAX_TIME, vec![eq("__name__", "kube_pod_info")]), s(&["pod-1"]), "A71");
-    assert_eq!(values(&rx, "pod", MIN_TIME, MAX_TIME, vec![]), s(&["pod-1", "pod-2"]), "A72");
+    assert_eq!(
+        names(
+            &rx,
+            MIN_TIME,
+            MAX_TIME,
+            vec![eq("__name__", "kube_pod_info")]
+        ),
+        s(&["__name__", "pod", "region"]),
+        "A69"
+    );
+    assert_eq!(
+        names(&rx, MIN_TIME, MAX_TIME, vec![]),
+        s(&["__name__", "pod", "region"]),
+        "A70"
+    );
+    assert_eq!(
+        values(
+            &rx,
+            "pod",
+            MIN_TIME,
+            MAX_TIME,
+            vec![eq("__name__", "kube_pod_info")]
+        ),
+        s(&["pod-1"]),
+        "A71"
+    );
+    assert_eq!(
+        values(&rx, "pod", MIN_TIME, MAX_TIME, vec![]),
+        s(&["pod-1", "pod-2"]),
+        "A72"
+    );
 }
 
 #[test]
@@ -265,7 +564,11 @@ fn a73_series_split_into_chunks_of_120() {
         let data = &c.raw.as_ref().unwrap().data;
         let got = wharf::tsdb::chunkenc::decode_xor(data).unwrap().len();
         assert_eq!(got, if i < 1092 { 120 } else { 35 }, "chunk {i}");
-        assert_eq!(c.raw.as_ref().unwrap().hash, xxhash_rust::xxh64::xxh64(data, 0), "chunk hash is xxhash64 of its bytes");
+        assert_eq!(
+            c.raw.as_ref().unwrap().hash,
+            xxhash_rust::xxh64::xxh64(data, 0),
+            "chunk hash is xxhash64 of its bytes"
+        );
     }
     assert_eq!(samples_of_all(&out).len() as i64, n);
 }
@@ -278,7 +581,11 @@ fn samples_of_all(out: &[pb::Series]) -> Vec<(i64, u64)> {
 fn info_announces_tenants_and_store() {
     let now = now_ms();
     let rx = store_with(&[(&[("foo", "x")], now, 1.0)]);
-    let (code, _) = write(rx.rw(), Some("team-b"), vec![series(&[("foo", "y")], &[(now, 1.0)])]);
+    let (code, _) = write(
+        rx.rw(),
+        Some("team-b"),
+        vec![series(&[("foo", "y")], &[(now, 1.0)])],
+    );
     assert_eq!(code, 200);
     let info = rx.store().info().expect("info");
     assert_eq!(info.component_type, "receive");
@@ -289,10 +596,19 @@ fn info_announces_tenants_and_store() {
     let tenants: Vec<String> = info
         .label_sets
         .iter()
-        .map(|ls| ls.labels.iter().find(|l| l.name == "tenant_id").map(|l| l.value.clone()).unwrap_or_default())
+        .map(|ls| {
+            ls.labels
+                .iter()
+                .find(|l| l.name == "tenant_id")
+                .map(|l| l.value.clone())
+                .unwrap_or_default()
+        })
         .collect();
     assert_eq!(tenants, s(&["default-tenant", "team-b"]));
-    assert!(info.label_sets.iter().all(|ls| ls.labels.iter().any(|l| l.name == "region" && l.value == "eu-west")));
+    assert!(info.label_sets.iter().all(|ls| ls
+        .labels
+        .iter()
+        .any(|l| l.name == "region" && l.value == "eu-west")));
     assert_eq!(store.tsdb_infos.len(), 2);
     // Tenants are selected through the tenant label, and no other API is announced.
     assert!(info.exemplars.is_none() && info.rules.is_none() && info.targets.is_none());
@@ -312,15 +628,42 @@ fn info_announces_tenants_and_store() {
 #[test]
 fn series_request_errors_and_ext_only_matchers() {
     let rx = store_with(&[(&[("foo", "x")], now_ms(), 1.0)]);
-    let err = rx.store().series(pb::SeriesRequest { min_time: MIN_TIME, max_time: MAX_TIME, ..Default::default() }).unwrap_err();
+    let err = rx
+        .store()
+        .series(pb::SeriesRequest {
+            min_time: MIN_TIME,
+            max_time: MAX_TIME,
+            ..Default::default()
+        })
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let bad = vec![matcher(Type::Re, "foo", "(")];
-    let err = rx.store().series(pb::SeriesRequest { min_time: MIN_TIME, max_time: MAX_TIME, matchers: bad, ..Default::default() }).unwrap_err();
+    let err = rx
+        .store()
+        .series(pb::SeriesRequest {
+            min_time: MIN_TIME,
+            max_time: MAX_TIME,
+            matchers: bad,
+            ..Default::default()
+        })
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     // Only external-label matchers: Thanos answers with a warning per tenant and no series.
     let only_ext = vec![eq("region", "eu-west")];
-    let (out, warnings) =
-        rx.store().series(pb::SeriesRequest { min_time: MIN_TIME, max_time: MAX_TIME, matchers: only_ext, ..Default::default() }).unwrap();
+    let (out, warnings) = rx
+        .store()
+        .series(pb::SeriesRequest {
+            min_time: MIN_TIME,
+            max_time: MAX_TIME,
+            matchers: only_ext,
+            ..Default::default()
+        })
+        .unwrap();
     assert!(out.is_empty());
-    assert!(warnings.iter().any(|w| w.contains("no matchers specified (excluding external labels)")), "{warnings:?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("no matchers specified (excluding external labels)")),
+        "{warnings:?}"
+    );
 }

@@ -26,12 +26,22 @@ pub struct GrpcState {
 
 impl GrpcState {
     fn ingest(&self) -> Result<&Arc<Ingest>, Status> {
-        self.ingest.get().ok_or_else(|| status(ErrorClass::Unavailable, "not ready: replaying the write-ahead log"))
+        self.ingest.get().ok_or_else(|| {
+            status(
+                ErrorClass::Unavailable,
+                "not ready: replaying the write-ahead log",
+            )
+        })
     }
 }
 
 fn to_pb_labels(l: &Labels) -> Vec<pb::Label> {
-    l.iter().map(|l| pb::Label { name: l.name.clone(), value: l.value.clone() }).collect()
+    l.iter()
+        .map(|l| pb::Label {
+            name: l.name.clone(),
+            value: l.value.clone(),
+        })
+        .collect()
 }
 
 fn matchers(ms: &[pb::LabelMatcher]) -> Result<Vec<Matcher>, Status> {
@@ -42,9 +52,15 @@ fn matchers(ms: &[pb::LabelMatcher]) -> Result<Vec<Matcher>, Status> {
                 Ok(pb::label_matcher::Type::Neq) => MatchType::NotEqual,
                 Ok(pb::label_matcher::Type::Re) => MatchType::Regex,
                 Ok(pb::label_matcher::Type::Nre) => MatchType::NotRegex,
-                Err(_) => return Err(status(ErrorClass::BadRequest, format!("unknown matcher type {}", m.r#type))),
+                Err(_) => {
+                    return Err(status(
+                        ErrorClass::BadRequest,
+                        format!("unknown matcher type {}", m.r#type),
+                    ))
+                }
             };
-            Matcher::new(kind, m.name.clone(), m.value.clone()).map_err(|e| status(ErrorClass::BadRequest, e.to_string()))
+            Matcher::new(kind, m.name.clone(), m.value.clone())
+                .map_err(|e| status(ErrorClass::BadRequest, e.to_string()))
         })
         .collect()
 }
@@ -55,16 +71,25 @@ fn aborts(disabled: bool, strategy: i32) -> bool {
 
 #[tonic::async_trait]
 impl info_server::Info for GrpcState {
-    async fn info(&self, _req: Request<infopb::InfoRequest>) -> Result<Response<infopb::InfoResponse>, Status> {
+    async fn info(
+        &self,
+        _req: Request<infopb::InfoRequest>,
+    ) -> Result<Response<infopb::InfoResponse>, Status> {
         let ingest = self.ingest()?;
         let tenants = store::info(ingest.tsdb());
-        let label_sets: Vec<pb::ZLabelSet> =
-            tenants.iter().map(|t| pb::ZLabelSet { labels: to_pb_labels(&t.labels) }).collect();
+        let label_sets: Vec<pb::ZLabelSet> = tenants
+            .iter()
+            .map(|t| pb::ZLabelSet {
+                labels: to_pb_labels(&t.labels),
+            })
+            .collect();
         let min_time = tenants.iter().map(|t| t.min_time).min().unwrap_or(i64::MIN);
         let tsdb_infos = tenants
             .iter()
             .map(|t| infopb::TsdbInfo {
-                labels: Some(pb::ZLabelSet { labels: to_pb_labels(&t.labels) }),
+                labels: Some(pb::ZLabelSet {
+                    labels: to_pb_labels(&t.labels),
+                }),
                 min_time: t.min_time,
                 max_time: i64::MAX,
             })
@@ -91,7 +116,11 @@ fn aggr_chunk(c: ChunkData) -> pb::AggrChunk {
     pb::AggrChunk {
         min_time: c.min_t,
         max_time: c.max_t,
-        raw: Some(pb::Chunk { r#type: pb::chunk::Encoding::Xor as i32, data: c.data, hash }),
+        raw: Some(pb::Chunk {
+            r#type: pb::chunk::Encoding::Xor as i32,
+            data: c.data,
+            hash,
+        }),
         ..Default::default()
     }
 }
@@ -100,12 +129,21 @@ fn aggr_chunk(c: ChunkData) -> pb::AggrChunk {
 fn series_frames(labels: &Labels, chunks: Vec<ChunkData>, out: &mut Vec<pb::Series>) {
     let pb_labels = to_pb_labels(labels);
     let label_bytes: usize = labels.iter().map(|l| l.name.len() + l.value.len()).sum();
-    let mut cur = pb::Series { labels: pb_labels.clone(), chunks: Vec::new() };
+    let mut cur = pb::Series {
+        labels: pb_labels.clone(),
+        chunks: Vec::new(),
+    };
     let mut size = label_bytes;
     for c in chunks {
         let n = c.data.len();
         if !cur.chunks.is_empty() && size + n > FRAME_BYTES {
-            out.push(std::mem::replace(&mut cur, pb::Series { labels: pb_labels.clone(), chunks: Vec::new() }));
+            out.push(std::mem::replace(
+                &mut cur,
+                pb::Series {
+                    labels: pb_labels.clone(),
+                    chunks: Vec::new(),
+                },
+            ));
             size = label_bytes;
         }
         size += n;
@@ -118,7 +156,10 @@ fn series_frames(labels: &Labels, chunks: Vec<ChunkData>, out: &mut Vec<pb::Seri
 impl store_server::Store for GrpcState {
     type SeriesStream = SeriesStream;
 
-    async fn series(&self, req: Request<pb::SeriesRequest>) -> Result<Response<Self::SeriesStream>, Status> {
+    async fn series(
+        &self,
+        req: Request<pb::SeriesRequest>,
+    ) -> Result<Response<Self::SeriesStream>, Status> {
         let ingest = self.ingest()?.clone();
         let r = req.into_inner();
         let q = SeriesQuery {
@@ -141,8 +182,13 @@ impl store_server::Store for GrpcState {
             .await
             .map_err(|e| status(ErrorClass::Internal, format!("series task failed: {e}")))?
             .map_err(|e| status(e.class(), e.to_string()))?;
-        let mut frames: Vec<pb::SeriesResponse> =
-            result.warnings.into_iter().map(|w| pb::SeriesResponse { result: Some(pb::series_response::Result::Warning(w)) }).collect();
+        let mut frames: Vec<pb::SeriesResponse> = result
+            .warnings
+            .into_iter()
+            .map(|w| pb::SeriesResponse {
+                result: Some(pb::series_response::Result::Warning(w)),
+            })
+            .collect();
         let mut series = Vec::new();
         for (labels, chunks) in result.series {
             series_frames(&labels, chunks, &mut series);
@@ -151,16 +197,25 @@ impl store_server::Store for GrpcState {
             let mut it = series.into_iter().peekable();
             while it.peek().is_some() {
                 let chunk: Vec<pb::Series> = it.by_ref().take(batch).collect();
-                frames.push(pb::SeriesResponse { result: Some(pb::series_response::Result::Batch(pb::SeriesBatch { series: chunk })) });
+                frames.push(pb::SeriesResponse {
+                    result: Some(pb::series_response::Result::Batch(pb::SeriesBatch {
+                        series: chunk,
+                    })),
+                });
             }
         } else {
-            frames.extend(series.into_iter().map(|s| pb::SeriesResponse { result: Some(pb::series_response::Result::Series(s)) }));
+            frames.extend(series.into_iter().map(|s| pb::SeriesResponse {
+                result: Some(pb::series_response::Result::Series(s)),
+            }));
         }
         let stream = tokio_stream::iter(frames.into_iter().map(Ok));
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn label_names(&self, req: Request<pb::LabelNamesRequest>) -> Result<Response<pb::LabelNamesResponse>, Status> {
+    async fn label_names(
+        &self,
+        req: Request<pb::LabelNamesRequest>,
+    ) -> Result<Response<pb::LabelNamesResponse>, Status> {
         let ingest = self.ingest()?.clone();
         let r = req.into_inner();
         let q = LabelQuery {
@@ -172,11 +227,22 @@ impl store_server::Store for GrpcState {
         };
         let names = tokio::task::spawn_blocking(move || store::label_names(ingest.tsdb(), &q))
             .await
-            .map_err(|e| status(ErrorClass::Internal, format!("label names task failed: {e}")))?;
-        Ok(Response::new(pb::LabelNamesResponse { names, ..Default::default() }))
+            .map_err(|e| {
+                status(
+                    ErrorClass::Internal,
+                    format!("label names task failed: {e}"),
+                )
+            })?;
+        Ok(Response::new(pb::LabelNamesResponse {
+            names,
+            ..Default::default()
+        }))
     }
 
-    async fn label_values(&self, req: Request<pb::LabelValuesRequest>) -> Result<Response<pb::LabelValuesResponse>, Status> {
+    async fn label_values(
+        &self,
+        req: Request<pb::LabelValuesRequest>,
+    ) -> Result<Response<pb::LabelValuesResponse>, Status> {
         let ingest = self.ingest()?.clone();
         let r = req.into_inner();
         let q = LabelQuery {
@@ -187,11 +253,20 @@ impl store_server::Store for GrpcState {
             limit: usize::try_from(r.limit).unwrap_or(0),
         };
         let label = r.label;
-        let values = tokio::task::spawn_blocking(move || store::label_values(ingest.tsdb(), &label, &q))
-            .await
-            .map_err(|e| status(ErrorClass::Internal, format!("label values task failed: {e}")))?
-            .map_err(|e| status(e.class(), e.to_string()))?;
-        Ok(Response::new(pb::LabelValuesResponse { values, ..Default::default() }))
+        let values =
+            tokio::task::spawn_blocking(move || store::label_values(ingest.tsdb(), &label, &q))
+                .await
+                .map_err(|e| {
+                    status(
+                        ErrorClass::Internal,
+                        format!("label values task failed: {e}"),
+                    )
+                })?
+                .map_err(|e| status(e.class(), e.to_string()))?;
+        Ok(Response::new(pb::LabelValuesResponse {
+            values,
+            ..Default::default()
+        }))
     }
 }
 
@@ -199,22 +274,33 @@ impl store_server::Store for GrpcState {
 impl writeable_store_server::WriteableStore for GrpcState {
     /// Accepts replicated writes from Thanos or Wharf routers and writes them locally; on a
     /// single-node ring there is nowhere else to send them.
-    async fn remote_write(&self, req: Request<pb::WriteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+    async fn remote_write(
+        &self,
+        req: Request<pb::WriteRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
         let ingest = self.ingest()?.clone();
         let r = req.into_inner();
         let default_tenant = self.default_tenant.clone();
-        let mut parts: Vec<(String, Vec<crate::proto::prom::TimeSeries>)> =
-            r.timeseries_tenant_data.into_iter().map(|t| (t.tenant, t.timeseries)).collect();
+        let mut parts: Vec<(String, Vec<crate::proto::prom::TimeSeries>)> = r
+            .timeseries_tenant_data
+            .into_iter()
+            .map(|t| (t.tenant, t.timeseries))
+            .collect();
         if parts.is_empty() {
             parts.push((r.tenant, r.timeseries));
         }
         tokio::task::spawn_blocking(move || {
             for (tenant, series) in parts {
-                let tenant = if tenant.is_empty() { default_tenant.clone() } else {
-                    TenantId::new(&tenant).map_err(|e| status(ErrorClass::BadRequest, e.to_string()))?
+                let tenant = if tenant.is_empty() {
+                    default_tenant.clone()
+                } else {
+                    TenantId::new(&tenant)
+                        .map_err(|e| status(ErrorClass::BadRequest, e.to_string()))?
                 };
                 let batch = crate::remote_write::from_timeseries(&series);
-                ingest.write(&tenant, &batch).map_err(|(_, e)| status(e.class(), e.to_string()))?;
+                ingest
+                    .write(&tenant, &batch)
+                    .map_err(|(_, e)| status(e.class(), e.to_string()))?;
             }
             Ok::<_, Status>(())
         })

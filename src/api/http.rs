@@ -43,7 +43,9 @@ impl HttpState {
 }
 
 pub fn remote_write_router(state: HttpState) -> Router {
-    Router::new().route("/api/v1/receive", post(receive)).with_state(state)
+    Router::new()
+        .route("/api/v1/receive", post(receive))
+        .with_state(state)
 }
 
 pub fn ops_router(state: HttpState) -> Router {
@@ -55,14 +57,24 @@ pub fn ops_router(state: HttpState) -> Router {
 }
 
 async fn metrics_handler() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics().encode())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics().encode(),
+    )
 }
 
 async fn ready(State(st): State<HttpState>) -> Response {
     if st.ingest().is_some() {
         (StatusCode::OK, "OK").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: replaying the write-ahead log\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: replaying the write-ahead log\n",
+        )
+            .into_response()
     }
 }
 
@@ -74,7 +86,10 @@ struct Failure {
 
 impl Failure {
     fn new(class: ErrorClass, msg: impl Into<String>) -> Self {
-        Self { class, msg: msg.into() }
+        Self {
+            class,
+            msg: msg.into(),
+        }
     }
 }
 
@@ -82,7 +97,10 @@ async fn receive(State(st): State<HttpState>, headers: HeaderMap, body: Body) ->
     let start = Instant::now();
     let tenant_raw = tenant_from_headers(&headers, &st.opts);
     let (result, summary) = match TenantId::new(&tenant_raw) {
-        Err(e) => (Err(Failure::new(ErrorClass::BadRequest, e.to_string())), WriteSummary::default()),
+        Err(e) => (
+            Err(Failure::new(ErrorClass::BadRequest, e.to_string())),
+            WriteSummary::default(),
+        ),
         Ok(tenant) => handle_write(&st, tenant, &headers, body).await,
     };
     let (status, resp) = match result {
@@ -96,24 +114,44 @@ async fn receive(State(st): State<HttpState>, headers: HeaderMap, body: Body) ->
             }
             let mut resp = (status, format!("{}\n", f.msg)).into_response();
             if let Some(secs) = retry_after(f.class) {
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
             }
             (status, resp)
         }
     };
     let m = metrics();
     let code = status.as_u16().to_string();
-    let labels = HttpLabels { handler: "receive".into(), code: code.clone(), method: "post".into(), tenant: tenant_raw.clone() };
+    let labels = HttpLabels {
+        handler: "receive".into(),
+        code: code.clone(),
+        method: "post".into(),
+        tenant: tenant_raw.clone(),
+    };
     m.http_requests.get_or_create(&labels).inc();
-    m.http_duration.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
-    let ct = CodeTenant { code, tenant: tenant_raw };
-    m.write_timeseries.get_or_create(&ct).observe(summary.series as f64);
-    m.write_samples.get_or_create(&ct).observe(summary.samples as f64);
+    m.http_duration
+        .get_or_create(&labels)
+        .observe(start.elapsed().as_secs_f64());
+    let ct = CodeTenant {
+        code,
+        tenant: tenant_raw,
+    };
+    m.write_timeseries
+        .get_or_create(&ct)
+        .observe(summary.series as f64);
+    m.write_samples
+        .get_or_create(&ct)
+        .observe(summary.samples as f64);
     resp
 }
 
 fn tenant_from_headers(headers: &HeaderMap, opts: &HttpOptions) -> String {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).filter(|s| !s.is_empty());
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| !s.is_empty())
+    };
     get(opts.tenant_header.as_str())
         .or_else(|| get(THANOS_TENANT_HEADER))
         .map_or_else(|| opts.default_tenant.to_string(), str::to_string)
@@ -126,7 +164,9 @@ fn check_content(headers: &HeaderMap) -> Result<(), Failure> {
     if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
         let enc = enc.to_str().unwrap_or("").trim();
         if !enc.eq_ignore_ascii_case("snappy") {
-            return Err(unsupported(&format!("unsupported Content-Encoding {enc:?}: only snappy is accepted")));
+            return Err(unsupported(&format!(
+                "unsupported Content-Encoding {enc:?}: only snappy is accepted"
+            )));
         }
     }
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
@@ -134,7 +174,9 @@ fn check_content(headers: &HeaderMap) -> Result<(), Failure> {
         let mut parts = ct.split(';').map(str::trim);
         let media = parts.next().unwrap_or("");
         if !media.eq_ignore_ascii_case("application/x-protobuf") {
-            return Err(unsupported(&format!("unsupported Content-Type {ct:?}: expected application/x-protobuf")));
+            return Err(unsupported(&format!(
+                "unsupported Content-Type {ct:?}: expected application/x-protobuf"
+            )));
         }
         for p in parts {
             if let Some(proto) = p.strip_prefix("proto=") {
@@ -151,9 +193,15 @@ fn check_content(headers: &HeaderMap) -> Result<(), Failure> {
 
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Failure> {
     let too_large = |size: &str| {
-        Failure::new(ErrorClass::PayloadTooLarge, format!("request body of {size} bytes exceeds the limit of {limit} bytes"))
+        Failure::new(
+            ErrorClass::PayloadTooLarge,
+            format!("request body of {size} bytes exceeds the limit of {limit} bytes"),
+        )
     };
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if let Some(len) = declared.filter(|&l| l > limit as u64) {
         return Err(too_large(&len.to_string()));
     }
@@ -168,9 +216,20 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     })
 }
 
-async fn handle_write(st: &HttpState, tenant: TenantId, headers: &HeaderMap, body: Body) -> (Result<(), Failure>, WriteSummary) {
+async fn handle_write(
+    st: &HttpState,
+    tenant: TenantId,
+    headers: &HeaderMap,
+    body: Body,
+) -> (Result<(), Failure>, WriteSummary) {
     let Some(ingest) = st.ingest().cloned() else {
-        return (Err(Failure::new(ErrorClass::Unavailable, IngestError::NotReady.to_string())), WriteSummary::default());
+        return (
+            Err(Failure::new(
+                ErrorClass::Unavailable,
+                IngestError::NotReady.to_string(),
+            )),
+            WriteSummary::default(),
+        );
     };
     if let Err(f) = check_content(headers) {
         return (Err(f), WriteSummary::default());
@@ -182,13 +241,21 @@ async fn handle_write(st: &HttpState, tenant: TenantId, headers: &HeaderMap, bod
     let decode_opts = st.opts.decode.clone();
     // Decoding and the WAL append are CPU and disk work: keep them off the async workers.
     let joined = tokio::task::spawn_blocking(move || {
-        let raw = remote_write::decompress(&body, &decode_opts).map_err(|e| Failure::new(e.class(), e.to_string()))?;
-        let batch = remote_write::decode(&raw).map_err(|e| Failure::new(e.class(), e.to_string()))?;
+        let raw = remote_write::decompress(&body, &decode_opts)
+            .map_err(|e| Failure::new(e.class(), e.to_string()))?;
+        let batch =
+            remote_write::decode(&raw).map_err(|e| Failure::new(e.class(), e.to_string()))?;
         Ok::<_, Failure>(ingest.write(&tenant, &batch))
     })
     .await;
     match joined {
-        Err(e) => (Err(Failure::new(ErrorClass::Internal, format!("write task failed: {e}"))), WriteSummary::default()),
+        Err(e) => (
+            Err(Failure::new(
+                ErrorClass::Internal,
+                format!("write task failed: {e}"),
+            )),
+            WriteSummary::default(),
+        ),
         Ok(Err(f)) => (Err(f), WriteSummary::default()),
         Ok(Ok(Ok(summary))) => (Ok(()), summary),
         Ok(Ok(Err((summary, e)))) => (Err(Failure::new(e.class(), e.to_string())), summary),
@@ -202,7 +269,10 @@ mod tests {
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            m.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            m.insert(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         m
     }
@@ -210,14 +280,31 @@ mod tests {
     #[test]
     fn content_negotiation() {
         assert!(check_content(&h(&[])).is_ok());
-        assert!(check_content(&h(&[("content-encoding", "snappy"), ("content-type", "application/x-protobuf")])).is_ok());
-        assert!(check_content(&h(&[("content-type", "application/x-protobuf;proto=prometheus.WriteRequest")])).is_ok());
-        for bad in [("content-encoding", "gzip"), ("content-type", "application/json")] {
+        assert!(check_content(&h(&[
+            ("content-encoding", "snappy"),
+            ("content-type", "application/x-protobuf")
+        ]))
+        .is_ok());
+        assert!(check_content(&h(&[(
+            "content-type",
+            "application/x-protobuf;proto=prometheus.WriteRequest"
+        )]))
+        .is_ok());
+        for bad in [
+            ("content-encoding", "gzip"),
+            ("content-type", "application/json"),
+        ] {
             let e = check_content(&h(&[bad])).err().unwrap();
             assert_eq!(e.class, ErrorClass::UnsupportedMediaType);
         }
-        let v2 = h(&[("content-type", "application/x-protobuf;proto=io.prometheus.write.v2.Request")]);
-        assert_eq!(check_content(&v2).err().unwrap().class, ErrorClass::UnsupportedMediaType);
+        let v2 = h(&[(
+            "content-type",
+            "application/x-protobuf;proto=io.prometheus.write.v2.Request",
+        )]);
+        assert_eq!(
+            check_content(&v2).err().unwrap().class,
+            ErrorClass::UnsupportedMediaType
+        );
     }
 
     #[test]
@@ -227,8 +314,14 @@ mod tests {
             default_tenant: TenantId::new("default-tenant").unwrap(),
             decode: Default::default(),
         };
-        assert_eq!(tenant_from_headers(&h(&[("x-scope", "a"), ("thanos-tenant", "b")]), &opts), "a");
-        assert_eq!(tenant_from_headers(&h(&[("thanos-tenant", "b")]), &opts), "b");
+        assert_eq!(
+            tenant_from_headers(&h(&[("x-scope", "a"), ("thanos-tenant", "b")]), &opts),
+            "a"
+        );
+        assert_eq!(
+            tenant_from_headers(&h(&[("thanos-tenant", "b")]), &opts),
+            "b"
+        );
         assert_eq!(tenant_from_headers(&h(&[]), &opts), "default-tenant");
     }
 }

@@ -10,7 +10,10 @@ pub struct Label {
 
 impl Label {
     pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
-        Self { name: name.into(), value: value.into() }
+        Self {
+            name: name.into(),
+            value: value.into(),
+        }
     }
 }
 
@@ -20,7 +23,9 @@ pub struct Labels(Vec<Label>);
 
 impl Labels {
     /// Builds a label set from pairs in any order; later duplicates replace earlier ones.
-    pub fn from_pairs<N: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (N, V)>) -> Self {
+    pub fn from_pairs<N: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (N, V)>,
+    ) -> Self {
         let mut v: Vec<Label> = pairs.into_iter().map(|(n, v)| Label::new(n, v)).collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         // Keep the last of equal names so callers can layer overrides by appending.
@@ -83,7 +88,7 @@ impl Labels {
                 (None, None) => break,
             };
             if let Some(l) = next {
-                if !drop.iter().any(|d| *d == l.name) {
+                if !drop.contains(&l.name) {
                     out.push(l.clone());
                 }
             }
@@ -114,8 +119,13 @@ impl PartialOrd for Labels {
 impl Ord for Labels {
     fn cmp(&self, other: &Self) -> Ordering {
         compare_label_sets(
-            self.0.iter().map(|l| (l.name.as_bytes(), l.value.as_bytes())),
-            other.0.iter().map(|l| (l.name.as_bytes(), l.value.as_bytes())),
+            self.0
+                .iter()
+                .map(|l| (l.name.as_bytes(), l.value.as_bytes())),
+            other
+                .0
+                .iter()
+                .map(|l| (l.name.as_bytes(), l.value.as_bytes())),
         )
     }
 }
@@ -155,7 +165,10 @@ mod tests {
         assert!(ls(&[("a", "1")]) < ls(&[("a", "1"), ("b", "1")]));
         assert!(ls(&[("a", "2")]) > ls(&[("a", "1"), ("b", "1")]));
         assert!(ls(&[("a", "1"), ("c", "1")]) > ls(&[("a", "1"), ("b", "9")]));
-        assert_eq!(ls(&[("i", "a"), ("n", "1")]).cmp(&ls(&[("n", "1")])), Ordering::Less);
+        assert_eq!(
+            ls(&[("i", "a"), ("n", "1")]).cmp(&ls(&[("n", "1")])),
+            Ordering::Less
+        );
     }
 
     #[test]

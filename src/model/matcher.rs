@@ -12,7 +12,11 @@ pub enum MatchType {
 #[derive(Debug, thiserror::Error)]
 pub enum MatcherError {
     #[error("invalid regex {value:?} in matcher on {name:?}: {reason}")]
-    BadRegex { name: String, value: String, reason: String },
+    BadRegex {
+        name: String,
+        value: String,
+        reason: String,
+    },
 }
 
 /// A label matcher with Prometheus semantics: a missing label has the value `""`, and regexes
@@ -26,19 +30,30 @@ pub struct Matcher {
 }
 
 impl Matcher {
-    pub fn new(kind: MatchType, name: impl Into<String>, value: impl Into<String>) -> Result<Self, MatcherError> {
+    pub fn new(
+        kind: MatchType,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Self, MatcherError> {
         let (name, value) = (name.into(), value.into());
         let re = match kind {
             MatchType::Regex | MatchType::NotRegex => {
-                Some(Regex::new(&format!("^(?s:{value})$")).map_err(|e| MatcherError::BadRegex {
-                    name: name.clone(),
-                    value: value.clone(),
-                    reason: e.to_string(),
+                Some(Regex::new(&format!("^(?s:{value})$")).map_err(|e| {
+                    MatcherError::BadRegex {
+                        name: name.clone(),
+                        value: value.clone(),
+                        reason: e.to_string(),
+                    }
                 })?)
             }
             MatchType::Equal | MatchType::NotEqual => None,
         };
-        Ok(Self { kind, name, value, re })
+        Ok(Self {
+            kind,
+            name,
+            value,
+            re,
+        })
     }
 
     /// Reports whether a label value (`""` when the label is absent) satisfies the matcher.

@@ -24,7 +24,10 @@ pub struct HeadOptions {
 
 impl Default for HeadOptions {
     fn default() -> Self {
-        Self { chunk_range: 2 * 3600 * 1000, samples_per_chunk: 120 }
+        Self {
+            chunk_range: 2 * 3600 * 1000,
+            samples_per_chunk: 120,
+        }
     }
 }
 
@@ -95,9 +98,17 @@ impl MemSeries {
         let cut_new = cut;
         if cut {
             if let Some(c) = self.open.take() {
-                self.closed.push(ClosedChunk { min_t: c.min_t, max_t: c.max_t, data: c.app.into_bytes().into_boxed_slice() });
+                self.closed.push(ClosedChunk {
+                    min_t: c.min_t,
+                    max_t: c.max_t,
+                    data: c.app.into_bytes().into_boxed_slice(),
+                });
             }
-            self.open = Some(OpenChunk { min_t: t, max_t: t, app: XorAppender::new() });
+            self.open = Some(OpenChunk {
+                min_t: t,
+                max_t: t,
+                app: XorAppender::new(),
+            });
             self.next_at = range_end(t, opts.chunk_range);
         }
         if let Some(c) = self.open.as_mut() {
@@ -112,23 +123,32 @@ impl MemSeries {
     fn chunks_in(&self, mint: i64, maxt: i64, out: &mut Vec<ChunkData>) {
         for c in &self.closed {
             if c.max_t >= mint && c.min_t <= maxt {
-                out.push(ChunkData { min_t: c.min_t, max_t: c.max_t, data: c.data.to_vec() });
+                out.push(ChunkData {
+                    min_t: c.min_t,
+                    max_t: c.max_t,
+                    data: c.data.to_vec(),
+                });
             }
         }
         if let Some(c) = &self.open {
             if c.max_t >= mint && c.min_t <= maxt {
-                out.push(ChunkData { min_t: c.min_t, max_t: c.max_t, data: c.app.bytes().to_vec() });
+                out.push(ChunkData {
+                    min_t: c.min_t,
+                    max_t: c.max_t,
+                    data: c.app.bytes().to_vec(),
+                });
             }
         }
     }
 
     fn has_samples_in(&self, mint: i64, maxt: i64) -> bool {
-        self.closed.iter().any(|c| c.max_t >= mint && c.min_t <= maxt)
-            || self.open.as_ref().is_some_and(|c| c.max_t >= mint && c.min_t <= maxt)
-    }
-
-    fn num_chunks(&self) -> usize {
-        self.closed.len() + usize::from(self.open.is_some())
+        self.closed
+            .iter()
+            .any(|c| c.max_t >= mint && c.min_t <= maxt)
+            || self
+                .open
+                .as_ref()
+                .is_some_and(|c| c.max_t >= mint && c.min_t <= maxt)
     }
 }
 
@@ -161,7 +181,9 @@ impl Symbols {
 
     fn get(&self, s: &str) -> Option<u32> {
         let strings = &self.strings;
-        self.lookup.find(Self::hash(s), |&id| &*strings[id as usize] == s).copied()
+        self.lookup
+            .find(Self::hash(s), |&id| &*strings[id as usize] == s)
+            .copied()
     }
 
     fn intern(&mut self, s: &str) -> u32 {
@@ -173,7 +195,8 @@ impl Symbols {
         let id = self.strings.len() as u32;
         self.strings.push(s.into());
         let strings = &self.strings;
-        self.lookup.insert_unique(h, id, |&i| Self::hash(&strings[i as usize]));
+        self.lookup
+            .insert_unique(h, id, |&i| Self::hash(&strings[i as usize]));
         id
     }
 
@@ -239,7 +262,10 @@ impl Head {
     }
 
     pub fn stats(&self) -> HeadStats {
-        HeadStats { series: self.series.len() as u64, ..self.stats }
+        HeadStats {
+            series: self.series.len() as u64,
+            ..self.stats
+        }
     }
 
     /// Returns (min, max) sample time, or None for an empty head.
@@ -262,7 +288,9 @@ impl Head {
             .find(hash, |&id| {
                 let s = &series[id as usize].labels;
                 s.len() == labels.len()
-                    && s.iter().zip(labels).all(|(&(n, v), &(ln, lv))| symbols.resolve(n) == ln && symbols.resolve(v) == lv)
+                    && s.iter().zip(labels).all(|(&(n, v), &(ln, lv))| {
+                        symbols.resolve(n) == ln && symbols.resolve(v) == lv
+                    })
             })
             .copied()
     }
@@ -281,8 +309,10 @@ impl Head {
 
     fn insert(&mut self, hash: u64, labels: &[(&str, &str)], series_ref: u64) -> SeriesId {
         let id = self.series.len() as SeriesId;
-        let syms: Box<[(u32, u32)]> =
-            labels.iter().map(|(n, v)| (self.symbols.intern(n), self.symbols.intern(v))).collect();
+        let syms: Box<[(u32, u32)]> = labels
+            .iter()
+            .map(|(n, v)| (self.symbols.intern(n), self.symbols.intern(v)))
+            .collect();
         for &(n, v) in syms.iter() {
             let list = self.postings.entry((n, v)).or_default();
             if list.is_empty() {
@@ -303,7 +333,11 @@ impl Head {
         let series = &self.series;
         self.by_hash.insert_unique(hash, id, |&i| {
             let s = &series[i as usize];
-            labels_hash(s.labels.iter().map(|&(n, v)| (self.symbols.resolve(n), self.symbols.resolve(v))))
+            labels_hash(
+                s.labels
+                    .iter()
+                    .map(|&(n, v)| (self.symbols.resolve(n), self.symbols.resolve(v))),
+            )
         });
         id
     }
@@ -311,7 +345,7 @@ impl Head {
     /// Recreates a series read from the WAL under its logged reference. A label set seen before
     /// (same labels, new ref) maps to the existing series.
     pub fn replay_series(&mut self, series_ref: u64, labels: &[(&str, &str)]) -> SeriesId {
-        self.next_ref = self.next_ref.max(series_ref + 1);
+        self.next_ref = self.next_ref.max(series_ref.saturating_add(1));
         let hash = labels_hash(labels.iter().copied());
         let id = match self.find(hash, labels) {
             Some(id) => id,
@@ -331,10 +365,12 @@ impl Head {
 
     /// Label pairs of a series, for WAL series records.
     pub fn label_pairs(&self, id: SeriesId) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> + '_ {
-        self.series[id as usize]
-            .labels
-            .iter()
-            .map(|&(n, v)| (self.symbols.resolve(n).as_bytes(), self.symbols.resolve(v).as_bytes()))
+        self.series[id as usize].labels.iter().map(|&(n, v)| {
+            (
+                self.symbols.resolve(n).as_bytes(),
+                self.symbols.resolve(v).as_bytes(),
+            )
+        })
     }
 
     /// The series' newest sample (time, value bits), if any.
@@ -345,7 +381,12 @@ impl Head {
 
     /// Applies the append rules against a given "newest sample" state without mutating.
     /// Returns Ok(true) to append, Ok(false) for an exact duplicate (a no-op), or the rejection.
-    pub fn check(last: Option<(i64, u64)>, min_valid: i64, t: i64, v: f64) -> Result<bool, SampleRejection> {
+    pub fn check(
+        last: Option<(i64, u64)>,
+        min_valid: i64,
+        t: i64,
+        v: f64,
+    ) -> Result<bool, SampleRejection> {
         if t < min_valid {
             return Err(SampleRejection::OutOfBounds);
         }
@@ -415,12 +456,22 @@ impl Head {
             }
         }
         let ids = candidates.unwrap_or_else(|| (0..self.series.len() as SeriesId).collect());
-        ids.into_iter().filter(|&id| matchers.iter().all(|m| m.matches(self.value_of(id, &m.name)))).collect()
+        ids.into_iter()
+            .filter(|&id| {
+                matchers
+                    .iter()
+                    .all(|m| m.matches(self.value_of(id, &m.name)))
+            })
+            .collect()
     }
 
     fn postings_for(&self, m: &Matcher) -> Vec<SeriesId> {
-        let Some(name) = self.symbols.get(&m.name) else { return Vec::new() };
-        let Some(values) = self.values_by_name.get(&name) else { return Vec::new() };
+        let Some(name) = self.symbols.get(&m.name) else {
+            return Vec::new();
+        };
+        let Some(values) = self.values_by_name.get(&name) else {
+            return Vec::new();
+        };
         let mut lists: Vec<&Vec<SeriesId>> = Vec::new();
         for &v in values {
             if m.matches(self.symbols.resolve(v)) {
@@ -443,7 +494,13 @@ impl Head {
 
     /// Series matching `matchers` with at least one chunk overlapping `[mint, maxt]`, with those
     /// chunks (none when `skip_chunks`).
-    pub fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64, skip_chunks: bool) -> Vec<(Labels, Vec<ChunkData>)> {
+    pub fn select(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        skip_chunks: bool,
+    ) -> Vec<(Labels, Vec<ChunkData>)> {
         let mut out = Vec::new();
         for id in self.select_ids(matchers) {
             let s = &self.series[id as usize];
@@ -460,7 +517,8 @@ impl Head {
     }
 
     fn overlaps(&self, start: i64, end: i64) -> bool {
-        self.time_range().is_some_and(|(lo, hi)| lo <= end && hi >= start)
+        self.time_range()
+            .is_some_and(|(lo, hi)| lo <= end && hi >= start)
     }
 
     /// Sorted label names of matching series; time filtering is per head, as in Prometheus.
@@ -469,7 +527,10 @@ impl Head {
             return Vec::new();
         }
         let mut names: Vec<String> = if matchers.is_empty() {
-            self.values_by_name.keys().map(|&n| self.symbols.resolve(n).to_string()).collect()
+            self.values_by_name
+                .keys()
+                .map(|&n| self.symbols.resolve(n).to_string())
+                .collect()
         } else {
             let mut set = std::collections::BTreeSet::new();
             for id in self.select_ids(matchers) {
@@ -477,20 +538,35 @@ impl Head {
                     set.insert(n);
                 }
             }
-            set.into_iter().map(|n| self.symbols.resolve(n).to_string()).collect()
+            set.into_iter()
+                .map(|n| self.symbols.resolve(n).to_string())
+                .collect()
         };
         names.sort_unstable();
         names
     }
 
     /// Sorted distinct values of `name` over matching series.
-    pub fn label_values(&self, name: &str, matchers: &[Matcher], start: i64, end: i64) -> Vec<String> {
+    pub fn label_values(
+        &self,
+        name: &str,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Vec<String> {
         if !self.overlaps(start, end) {
             return Vec::new();
         }
-        let Some(n) = self.symbols.get(name) else { return Vec::new() };
+        let Some(n) = self.symbols.get(name) else {
+            return Vec::new();
+        };
         let mut values: Vec<String> = if matchers.is_empty() {
-            self.values_by_name.get(&n).into_iter().flatten().map(|&v| self.symbols.resolve(v).to_string()).collect()
+            self.values_by_name
+                .get(&n)
+                .into_iter()
+                .flatten()
+                .map(|&v| self.symbols.resolve(v).to_string())
+                .collect()
         } else {
             let mut set = std::collections::BTreeSet::new();
             for id in self.select_ids(matchers) {
@@ -504,11 +580,6 @@ impl Head {
         values.sort_unstable();
         values.dedup();
         values
-    }
-
-    /// Total chunks held (closed and open), for metrics.
-    pub fn num_chunks(&self) -> usize {
-        self.series.iter().map(MemSeries::num_chunks).sum()
     }
 }
 
@@ -542,7 +613,12 @@ mod tests {
         for i in 0..131_075 {
             h.append(id, base + i, 1.0);
         }
-        let res = h.select(&[Matcher::new(crate::model::MatchType::Equal, "a", "b").unwrap()], i64::MIN, i64::MAX, false);
+        let res = h.select(
+            &[Matcher::new(crate::model::MatchType::Equal, "a", "b").unwrap()],
+            i64::MIN,
+            i64::MAX,
+            false,
+        );
         let chunks = &res[0].1;
         assert_eq!(chunks.len(), 1093);
         for c in &chunks[..1092] {
@@ -569,9 +645,18 @@ mod tests {
     fn append_rules() {
         use SampleRejection::*;
         assert_eq!(Head::check(None, i64::MIN, 5, 1.0), Ok(true));
-        assert_eq!(Head::check(Some((5, 1f64.to_bits())), i64::MIN, 5, 1.0), Ok(false));
-        assert_eq!(Head::check(Some((5, 1f64.to_bits())), i64::MIN, 5, 2.0), Err(DuplicateTimestamp));
-        assert_eq!(Head::check(Some((5, 1f64.to_bits())), i64::MIN, 4, 1.0), Err(OutOfOrder));
+        assert_eq!(
+            Head::check(Some((5, 1f64.to_bits())), i64::MIN, 5, 1.0),
+            Ok(false)
+        );
+        assert_eq!(
+            Head::check(Some((5, 1f64.to_bits())), i64::MIN, 5, 2.0),
+            Err(DuplicateTimestamp)
+        );
+        assert_eq!(
+            Head::check(Some((5, 1f64.to_bits())), i64::MIN, 4, 1.0),
+            Err(OutOfOrder)
+        );
         assert_eq!(Head::check(None, 10, 9, 1.0), Err(OutOfBounds));
     }
 

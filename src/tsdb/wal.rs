@@ -72,10 +72,18 @@ pub enum WalError {
         source: io::Error,
     },
     #[error("corrupt WAL segment {segment:08} at offset {offset}: {reason}")]
-    Corrupt { segment: u32, offset: u64, reason: String },
+    Corrupt {
+        segment: u32,
+        offset: u64,
+        reason: String,
+    },
     /// Content that a newer writer may legitimately produce (zstd); never repaired by truncation.
     #[error("unsupported WAL content in segment {segment:08} at offset {offset}: {reason}")]
-    Unsupported { segment: u32, offset: u64, reason: String },
+    Unsupported {
+        segment: u32,
+        offset: u64,
+        reason: String,
+    },
     /// Segment files missing or out of sequence; replaying past the hole would lose data silently.
     #[error("WAL directory {}: {reason}", dir.display())]
     Layout { dir: PathBuf, reason: String },
@@ -90,7 +98,10 @@ pub enum WalError {
 }
 
 fn io_error(source: io::Error, what: &str, path: &Path) -> WalError {
-    WalError::Io { context: format!("{what} {}", path.display()), source }
+    WalError::Io {
+        context: format!("{what} {}", path.display()),
+        source,
+    }
 }
 
 /// When the bytes of a [`Wal::log`] call are durable.
@@ -115,7 +126,11 @@ pub struct WalOptions {
 
 impl Default for WalOptions {
     fn default() -> Self {
-        Self { segment_size: DEFAULT_SEGMENT_SIZE, compression: true, sync: WalSync::Os }
+        Self {
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            compression: true,
+            sync: WalSync::Os,
+        }
     }
 }
 
@@ -219,7 +234,10 @@ fn check_sequential(dir: &Path, segments: &[u32]) -> Result<(), WalError> {
         if u64::from(w[0]) + 1 != u64::from(w[1]) {
             return Err(WalError::Layout {
                 dir: dir.to_path_buf(),
-                reason: format!("segments are not sequential: {:08} is followed by {:08}", w[0], w[1]),
+                reason: format!(
+                    "segments are not sequential: {:08} is followed by {:08}",
+                    w[0], w[1]
+                ),
             });
         }
     }
@@ -227,7 +245,9 @@ fn check_sequential(dir: &Path, segments: &[u32]) -> Result<(), WalError> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error(e, "fsync directory", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(e, "fsync directory", dir))
 }
 
 fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
@@ -260,7 +280,9 @@ pub fn replay<E>(
     mut on_record: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<ReplayStats, ReplayError<E>> {
     let mut stats = ReplayStats::default();
-    let Some(listing) = list_dir(dir)? else { return Ok(stats) };
+    let Some(listing) = list_dir(dir)? else {
+        return Ok(stats);
+    };
     let mut scanner = Scanner::new();
 
     if let Some(cp) = listing.checkpoint {
@@ -272,21 +294,34 @@ pub fn replay<E>(
                 scanner.scan(&segment_path(&cp_dir, seg), seg, &mut on_record, &mut stats)?
             {
                 let reason = format!("in {}: {reason}", checkpoint_name(cp));
-                return Err(WalError::Corrupt { segment: seg, offset, reason }.into());
+                return Err(WalError::Corrupt {
+                    segment: seg,
+                    offset,
+                    reason,
+                }
+                .into());
             }
         }
     }
 
     // Segments the checkpoint already covers linger when a crash hit between writing the
     // checkpoint and deleting them; their content is in the checkpoint.
-    let segments: Vec<u32> =
-        listing.segments.iter().copied().filter(|&s| !matches!(listing.checkpoint, Some(cp) if s <= cp)).collect();
+    let segments: Vec<u32> = listing
+        .segments
+        .iter()
+        .copied()
+        .filter(|&s| !matches!(listing.checkpoint, Some(cp) if s <= cp))
+        .collect();
     check_sequential(dir, &segments)?;
     if let (Some(cp), Some(&first)) = (listing.checkpoint, segments.first()) {
         if u64::from(first) != u64::from(cp) + 1 {
             return Err(WalError::Layout {
                 dir: dir.to_path_buf(),
-                reason: format!("{} is followed by segment {first:08}, not {:08}", checkpoint_name(cp), u64::from(cp) + 1),
+                reason: format!(
+                    "{} is followed by segment {first:08}, not {:08}",
+                    checkpoint_name(cp),
+                    u64::from(cp) + 1
+                ),
             }
             .into());
         }
@@ -294,7 +329,9 @@ pub fn replay<E>(
 
     for (i, &seg) in segments.iter().enumerate() {
         let path = segment_path(dir, seg);
-        if let Scan::Broken { offset, reason } = scanner.scan(&path, seg, &mut on_record, &mut stats)? {
+        if let Scan::Broken { offset, reason } =
+            scanner.scan(&path, seg, &mut on_record, &mut stats)?
+        {
             let segments_removed = cut_tail(dir, &path, offset, &segments[i + 1..])?;
             tracing::warn!(
                 dir = %dir.display(),
@@ -304,7 +341,12 @@ pub fn replay<E>(
                 segments_removed,
                 "WAL corruption: truncated the segment at the start of the broken record and deleted all later segments"
             );
-            stats.torn = Some(TornTail { segment: seg, offset, reason, segments_removed });
+            stats.torn = Some(TornTail {
+                segment: seg,
+                offset,
+                reason,
+                segments_removed,
+            });
             break;
         }
     }
@@ -313,9 +355,14 @@ pub fn replay<E>(
 
 /// Truncates `path` to `offset` and deletes `later` segments; returns how many were deleted.
 fn cut_tail(dir: &Path, path: &Path, offset: u64, later: &[u32]) -> Result<u32, WalError> {
-    let file = OpenOptions::new().write(true).open(path).map_err(|e| io_error(e, "open WAL segment for repair", path))?;
-    file.set_len(offset).map_err(|e| io_error(e, "truncate WAL segment", path))?;
-    file.sync_all().map_err(|e| io_error(e, "fsync WAL segment", path))?;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| io_error(e, "open WAL segment for repair", path))?;
+    file.set_len(offset)
+        .map_err(|e| io_error(e, "truncate WAL segment", path))?;
+    file.sync_all()
+        .map_err(|e| io_error(e, "fsync WAL segment", path))?;
     let mut removed = 0;
     for &seg in later {
         let p = segment_path(dir, seg);
@@ -358,7 +405,12 @@ fn frag_name(typ: u8) -> &'static str {
 
 impl Scanner {
     fn new() -> Self {
-        Self { page: vec![0; PAGE_SIZE], rec: Vec::new(), out: Vec::new(), decoder: snap::raw::Decoder::new() }
+        Self {
+            page: vec![0; PAGE_SIZE],
+            rec: Vec::new(),
+            out: Vec::new(),
+            decoder: snap::raw::Decoder::new(),
+        }
     }
 
     /// Reads one segment page by page. Stricter than upstream's reader where only corruption
@@ -382,7 +434,8 @@ impl Scanner {
             Ok(Scan::Broken { offset, reason })
         };
         loop {
-            let n = read_full(&mut file, &mut self.page).map_err(|e| io_error(e, "read WAL segment", path))?;
+            let n = read_full(&mut file, &mut self.page)
+                .map_err(|e| io_error(e, "read WAL segment", path))?;
             if n == 0 {
                 break;
             }
@@ -394,29 +447,56 @@ impl Scanner {
                 let head = page[p];
                 if head == FRAG_PAGE_TERM {
                     if let Some(i) = page[p..].iter().position(|&b| b != 0) {
-                        return broken(stats, at, format!("non-zero byte at offset {} in page padding", off + i as u64));
+                        return broken(
+                            stats,
+                            at,
+                            format!("non-zero byte at offset {} in page padding", off + i as u64),
+                        );
                     }
                     break;
                 }
                 if PAGE_SIZE - p < HEADER_SIZE {
-                    return broken(stats, at, format!("fragment header starts {} bytes before the page end", PAGE_SIZE - p));
+                    return broken(
+                        stats,
+                        at,
+                        format!(
+                            "fragment header starts {} bytes before the page end",
+                            PAGE_SIZE - p
+                        ),
+                    );
                 }
                 if n - p < HEADER_SIZE {
-                    return broken(stats, at, "fragment header cut short by the end of the segment".into());
+                    return broken(
+                        stats,
+                        at,
+                        "fragment header cut short by the end of the segment".into(),
+                    );
                 }
                 let len = usize::from(u16::from_be_bytes([page[p + 1], page[p + 2]]));
                 let crc = u32::from_be_bytes([page[p + 3], page[p + 4], page[p + 5], page[p + 6]]);
                 let end = p + HEADER_SIZE + len;
                 if end > PAGE_SIZE {
-                    return broken(stats, at, format!("fragment of {len} bytes at page offset {p} crosses the page end"));
+                    return broken(
+                        stats,
+                        at,
+                        format!("fragment of {len} bytes at page offset {p} crosses the page end"),
+                    );
                 }
                 if end > n {
-                    return broken(stats, at, format!("fragment of {len} bytes cut short by the end of the segment"));
+                    return broken(
+                        stats,
+                        at,
+                        format!("fragment of {len} bytes cut short by the end of the segment"),
+                    );
                 }
                 let data = &page[p + HEADER_SIZE..end];
                 let actual = crc32c::crc32c(data);
                 if actual != crc {
-                    return broken(stats, at, format!("fragment checksum {actual:08x}, header says {crc:08x}"));
+                    return broken(
+                        stats,
+                        at,
+                        format!("fragment checksum {actual:08x}, header says {crc:08x}"),
+                    );
                 }
                 if head & FRAG_ZSTD != 0 && head & FRAG_SNAPPY == 0 && head & 0xE0 == 0 {
                     // Checked after the CRC so that a torn tail still reads as torn.
@@ -428,20 +508,35 @@ impl Scanner {
                     .into());
                 }
                 if head & !(FRAG_TYPE_MASK | FRAG_SNAPPY) != 0 {
-                    return broken(stats, at, format!("fragment header byte {head:#04x} has unknown flags"));
+                    return broken(
+                        stats,
+                        at,
+                        format!("fragment header byte {head:#04x} has unknown flags"),
+                    );
                 }
                 let typ = head & FRAG_TYPE_MASK;
                 let compressed = head & FRAG_SNAPPY != 0;
                 match (typ, pending) {
                     (FRAG_FULL | FRAG_FIRST, Some(_)) | (FRAG_MIDDLE | FRAG_LAST, None) => {
-                        return broken(stats, at, format!("unexpected {} fragment", frag_name(typ)));
+                        return broken(
+                            stats,
+                            at,
+                            format!("unexpected {} fragment", frag_name(typ)),
+                        );
                     }
                     (FRAG_FULL | FRAG_FIRST, None) => {
                         self.rec.clear();
-                        pending = Some(Pending { start: off, compressed });
+                        pending = Some(Pending {
+                            start: off,
+                            compressed,
+                        });
                     }
                     (FRAG_MIDDLE | FRAG_LAST, Some(r)) if r.compressed != compressed => {
-                        return broken(stats, at, "compression flag changes within a record".into());
+                        return broken(
+                            stats,
+                            at,
+                            "compression flag changes within a record".into(),
+                        );
                     }
                     (FRAG_MIDDLE | FRAG_LAST, Some(_)) => {}
                     _ => return broken(stats, at, format!("invalid fragment type {typ}")),
@@ -458,7 +553,10 @@ impl Scanner {
                         Err(e) => return broken(stats, rec.start, format!("snappy: {e}")),
                     };
                     if claimed > self.rec.len().saturating_mul(MAX_SNAPPY_EXPANSION) {
-                        let reason = format!("snappy header claims {claimed} bytes from {} compressed bytes", self.rec.len());
+                        let reason = format!(
+                            "snappy header claims {claimed} bytes from {} compressed bytes",
+                            self.rec.len()
+                        );
                         return broken(stats, rec.start, reason);
                     }
                     if self.out.len() < claimed {
@@ -480,7 +578,11 @@ impl Scanner {
             }
         }
         if let Some(r) = pending {
-            return broken(stats, r.start, "record cut short: the segment ends before its last fragment".into());
+            return broken(
+                stats,
+                r.start,
+                "record cut short: the segment ends before its last fragment".into(),
+            );
         }
         stats.bytes += base;
         Ok(Scan::Clean)
@@ -502,16 +604,23 @@ fn create_segment(dir: &Path, index: u32) -> Result<File, WalError> {
 /// a new one is started, ends on a page boundary like every other finished segment.
 fn pad_torn_page(dir: &Path, index: u32) -> Result<(), WalError> {
     let path = segment_path(dir, index);
-    let len = fs::metadata(&path).map_err(|e| io_error(e, "stat WAL segment", &path))?.len();
+    let len = fs::metadata(&path)
+        .map_err(|e| io_error(e, "stat WAL segment", &path))?
+        .len();
     let torn = len % PAGE_SIZE_U64;
     if torn == 0 {
         return Ok(());
     }
     tracing::warn!(segment = %path.display(), "last page of the WAL is torn, filling it with zeros");
-    let mut file = OpenOptions::new().append(true).open(&path).map_err(|e| io_error(e, "open WAL segment", &path))?;
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .map_err(|e| io_error(e, "open WAL segment", &path))?;
     let zeros = vec![0u8; (PAGE_SIZE_U64 - torn) as usize];
-    file.write_all(&zeros).map_err(|e| io_error(e, "zero-pad torn WAL page", &path))?;
-    file.sync_all().map_err(|e| io_error(e, "fsync WAL segment", &path))
+    file.write_all(&zeros)
+        .map_err(|e| io_error(e, "zero-pad torn WAL page", &path))?;
+    file.sync_all()
+        .map_err(|e| io_error(e, "fsync WAL segment", &path))
 }
 
 /// The open segment. Bytes are built in `pending` and handed to the kernel in one write(2),
@@ -540,7 +649,8 @@ impl Writer {
     fn pad_page(&mut self) {
         let used = self.page_used();
         if used != 0 {
-            self.pending.resize(self.pending.len() + PAGE_SIZE - used, 0);
+            self.pending
+                .resize(self.pending.len() + PAGE_SIZE - used, 0);
         }
     }
 
@@ -569,7 +679,10 @@ impl Writer {
             Err(source) => {
                 let path = segment_path(&self.dir, self.index);
                 if let Err(e) = self.file.set_len(self.written) {
-                    self.failed = Some(format!("could not cut a failed write off {}: {e}", path.display()));
+                    self.failed = Some(format!(
+                        "could not cut a failed write off {}: {e}",
+                        path.display()
+                    ));
                 }
                 Err(io_error(source, "write WAL segment", &path))
             }
@@ -577,7 +690,11 @@ impl Writer {
     }
 
     fn fsync(&mut self, data_only: bool) -> Result<(), WalError> {
-        let result = if data_only { self.file.sync_data() } else { self.file.sync_all() };
+        let result = if data_only {
+            self.file.sync_data()
+        } else {
+            self.file.sync_all()
+        };
         result.map_err(|source| {
             let path = segment_path(&self.dir, self.index);
             self.failed = Some(format!("fsync of {} failed: {source}", path.display()));
@@ -602,7 +719,12 @@ impl Writer {
     }
 
     /// Lays out one record as upstream's `WL.log` does, byte for byte.
-    fn append(&mut self, data: &[u8], compressed: bool, pages_per_segment: u64) -> Result<(), WalError> {
+    fn append(
+        &mut self,
+        data: &[u8],
+        compressed: bool,
+        pages_per_segment: u64,
+    ) -> Result<(), WalError> {
         if PAGE_SIZE - self.page_used() < HEADER_SIZE {
             self.pad_page();
         }
@@ -635,10 +757,13 @@ impl Writer {
                 (false, true) => FRAG_LAST,
                 (false, false) => FRAG_MIDDLE,
             };
-            self.pending.push(if compressed { typ | FRAG_SNAPPY } else { typ });
+            self.pending
+                .push(if compressed { typ | FRAG_SNAPPY } else { typ });
             // `part` is at most a page, so its length fits the 16-bit field.
-            self.pending.extend_from_slice(&(part.len() as u16).to_be_bytes());
-            self.pending.extend_from_slice(&crc32c::crc32c(part).to_be_bytes());
+            self.pending
+                .extend_from_slice(&(part.len() as u16).to_be_bytes());
+            self.pending
+                .extend_from_slice(&crc32c::crc32c(part).to_be_bytes());
             self.pending.extend_from_slice(part);
             // Upstream pads a page as soon as no header fits any more, not when the next record
             // comes; doing the same keeps the bytes on disk identical.
@@ -714,8 +839,10 @@ impl Wal {
         let after_segments = listing.segments.last().map(|&s| u64::from(s) + 1);
         let after_checkpoint = listing.checkpoint.map(|c| u64::from(c) + 1);
         let next = after_segments.max(after_checkpoint).unwrap_or(0);
-        let index = u32::try_from(next)
-            .map_err(|_| WalError::Layout { dir: dir.to_path_buf(), reason: "segment index overflow".into() })?;
+        let index = u32::try_from(next).map_err(|_| WalError::Layout {
+            dir: dir.to_path_buf(),
+            reason: "segment index overflow".into(),
+        })?;
         let file = create_segment(dir, index)?;
         Ok(Wal {
             opts,
@@ -740,7 +867,12 @@ impl Wal {
         self.writer.ensure_usable()?;
         let pages_per_segment = self.opts.segment_size / PAGE_SIZE_U64;
         for rec in records {
-            let (data, compressed) = maybe_compress(self.opts.compression, &mut self.encoder, &mut self.zbuf, rec);
+            let (data, compressed) = maybe_compress(
+                self.opts.compression,
+                &mut self.encoder,
+                &mut self.zbuf,
+                rec,
+            );
             self.writer.append(data, compressed, pages_per_segment)?;
             if self.writer.pending.len() >= FLUSH_THRESHOLD {
                 self.writer.flush()?;
@@ -874,7 +1006,10 @@ pub mod record {
         }
 
         fn short(&self, what: &str) -> WalError {
-            WalError::Record(format!("record ends at byte {} while reading {what}", self.pos))
+            WalError::Record(format!(
+                "record ends at byte {} while reading {what}",
+                self.pos
+            ))
         }
 
         fn bytes(&mut self, n: usize, what: &str) -> Result<&'a [u8], WalError> {
@@ -897,7 +1032,9 @@ pub mod record {
         fn uvarint(&mut self, what: &str) -> Result<u64, WalError> {
             let mut x = 0u64;
             for i in 0..10 {
-                let Some(&b) = self.b.get(self.pos) else { return Err(self.short(what)) };
+                let Some(&b) = self.b.get(self.pos) else {
+                    return Err(self.short(what));
+                };
                 self.pos += 1;
                 if b < 0x80 {
                     if i == 9 && b > 1 {
@@ -907,7 +1044,10 @@ pub mod record {
                 }
                 x |= u64::from(b & 0x7f) << (7 * i);
             }
-            Err(WalError::Record(format!("varint overflows 64 bits at byte {}", self.pos)))
+            Err(WalError::Record(format!(
+                "varint overflows 64 bits at byte {}",
+                self.pos
+            )))
         }
 
         fn varint(&mut self, what: &str) -> Result<i64, WalError> {
@@ -928,7 +1068,9 @@ pub mod record {
     fn expect_type(cur: &mut Cursor<'_>, want: u8) -> Result<(), WalError> {
         match cur.bytes(1, "the type byte")?[0] {
             t if t == want => Ok(()),
-            t => Err(WalError::Record(format!("record type {t}, expected {want}"))),
+            t => Err(WalError::Record(format!(
+                "record type {t}, expected {want}"
+            ))),
         }
     }
 
@@ -949,7 +1091,9 @@ pub mod record {
             let n = cur.uvarint("a label count")?;
             // Each label takes at least two bytes, so this bounds the allocation by the record.
             if n > (cur.remaining() / 2) as u64 {
-                return Err(WalError::Record(format!("series {series_ref} claims {n} labels, more than the record holds")));
+                return Err(WalError::Record(format!(
+                    "series {series_ref} claims {n} labels, more than the record holds"
+                )));
             }
             let mut labels = Vec::with_capacity(n as usize);
             for _ in 0..n {
@@ -985,7 +1129,11 @@ pub mod record {
             let dref = cur.varint("a ref delta")?;
             let dt = cur.varint("a timestamp delta")?;
             let v = f64::from_bits(cur.be64("a value")?);
-            out.push(RefSample { series_ref: base_ref.wrapping_add(dref as u64), t: base_t.wrapping_add(dt), v });
+            out.push(RefSample {
+                series_ref: base_ref.wrapping_add(dref as u64),
+                t: base_t.wrapping_add(dt),
+                v,
+            });
         }
         Ok(())
     }
@@ -1011,7 +1159,11 @@ mod tests {
     }
 
     fn opts(pages: u64, compression: bool) -> WalOptions {
-        WalOptions { segment_size: pages * PAGE_SIZE_U64, compression, sync: WalSync::Os }
+        WalOptions {
+            segment_size: pages * PAGE_SIZE_U64,
+            compression,
+            sync: WalSync::Os,
+        }
     }
 
     /// Deterministic content; `compressible` gives runs that snappy shrinks, so both fragment
@@ -1036,7 +1188,11 @@ mod tests {
 
     fn segment_files(dir: &Path) -> Vec<(u32, u64)> {
         let listing = list_dir(dir).unwrap().unwrap_or_default();
-        listing.segments.iter().map(|&s| (s, fs::metadata(segment_path(dir, s)).unwrap().len())).collect()
+        listing
+            .segments
+            .iter()
+            .map(|&s| (s, fs::metadata(segment_path(dir, s)).unwrap().len()))
+            .collect()
     }
 
     fn copy_dir(from: &Path, to: &Path) {
@@ -1114,7 +1270,10 @@ mod tests {
         assert_eq!(&bytes[3..7], &crc32c::crc32c(&big[..first]).to_be_bytes());
         assert_eq!(&bytes[7..PAGE_SIZE], &big[..first]);
         assert_eq!(bytes[PAGE_SIZE], FRAG_LAST);
-        assert_eq!(&bytes[PAGE_SIZE + 1..PAGE_SIZE + 3], &((40_000 - first) as u16).to_be_bytes());
+        assert_eq!(
+            &bytes[PAGE_SIZE + 1..PAGE_SIZE + 3],
+            &((40_000 - first) as u16).to_be_bytes()
+        );
 
         // Leaves 3 bytes in the page: padded at once, so the file ends on the page boundary.
         let used = bytes.len() - PAGE_SIZE;
@@ -1127,7 +1286,10 @@ mod tests {
         let tail = make_record(100, 10, false);
         log_one(&mut wal, &tail);
         let bytes = fs::read(&seg0).unwrap();
-        assert_eq!(&bytes[3 * PAGE_SIZE - HEADER_SIZE..3 * PAGE_SIZE - 4], &[FRAG_FIRST, 0, 0]);
+        assert_eq!(
+            &bytes[3 * PAGE_SIZE - HEADER_SIZE..3 * PAGE_SIZE - 4],
+            &[FRAG_FIRST, 0, 0]
+        );
         assert_eq!(bytes[3 * PAGE_SIZE], FRAG_LAST);
         // Compressed records carry the snappy bit on every fragment.
         let mut wal2 = Wal::open(&tmp.path().join("z"), opts(4, true)).unwrap();
@@ -1163,7 +1325,10 @@ mod tests {
         assert!(wal.bytes_written() > 170_000);
         wal.close().unwrap();
         let files = segment_files(&dir);
-        assert_eq!(files.iter().map(|f| f.0).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        assert_eq!(
+            files.iter().map(|f| f.0).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3]
+        );
         assert!(files.iter().all(|f| f.1 % PAGE_SIZE_U64 == 0));
         assert_eq!(read_all(&dir).0.len(), 4);
     }
@@ -1208,7 +1373,12 @@ mod tests {
         match torn_at {
             Some(off) => {
                 let torn = stats.torn.as_ref().expect("torn tail reported");
-                assert_eq!((torn.segment, torn.offset, torn.segments_removed), (0, off, 0), "{}", torn.reason);
+                assert_eq!(
+                    (torn.segment, torn.offset, torn.segments_removed),
+                    (0, off, 0),
+                    "{}",
+                    torn.reason
+                );
                 assert_eq!(fs::metadata(segment_path(dir, 0)).unwrap().len(), off);
             }
             None => assert!(stats.torn.is_none(), "{:?}", stats.torn),
@@ -1219,7 +1389,10 @@ mod tests {
         assert!(stats.torn.is_none());
         let mut wal = Wal::open(dir, opts(4096, true)).unwrap();
         assert_eq!(wal.current_segment(), 1);
-        assert_eq!(fs::metadata(segment_path(dir, 0)).unwrap().len() % PAGE_SIZE_U64, 0);
+        assert_eq!(
+            fs::metadata(segment_path(dir, 0)).unwrap().len() % PAGE_SIZE_U64,
+            0
+        );
         let new = [make_record(50_000, 1, true), make_record(20, 2, false)];
         wal.log(&[&new[0], &new[1]]).unwrap();
         wal.close().unwrap();
@@ -1243,12 +1416,19 @@ mod tests {
             for k in 0..recs.len() {
                 // Cutting exactly at a record start loses nothing that was complete.
                 let mut cuts: Vec<(u64, Option<u64>)> = vec![(starts[k], None)];
-                cuts.extend(interesting_cuts(starts[k], ends[k]).into_iter().map(|c| (c, Some(starts[k]))));
+                cuts.extend(
+                    interesting_cuts(starts[k], ends[k])
+                        .into_iter()
+                        .map(|c| (c, Some(starts[k]))),
+                );
                 for (cut, torn_at) in cuts {
                     case += 1;
                     let dir = tmp.path().join(format!("case{case}"));
                     copy_dir(&pristine, &dir);
-                    let f = OpenOptions::new().write(true).open(segment_path(&dir, 0)).unwrap();
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(segment_path(&dir, 0))
+                        .unwrap();
                     f.set_len(cut).unwrap();
                     drop(f);
                     assert_recovers(&dir, &recs[..k], torn_at);
@@ -1262,7 +1442,12 @@ mod tests {
     fn damaged_last_record_is_dropped() {
         for compression in [false, true] {
             // (offset from the last record's start, new byte): data byte, type byte, length byte.
-            for (delta, byte) in [(HEADER_SIZE as u64 + 2, None), (0, Some(0x05)), (0, Some(0x41)), (1, Some(0xff))] {
+            for (delta, byte) in [
+                (HEADER_SIZE as u64 + 2, None),
+                (0, Some(0x05)),
+                (0, Some(0x41)),
+                (1, Some(0xff)),
+            ] {
                 let tmp = tempfile::tempdir().unwrap();
                 let dir = tmp.path().join("wal");
                 let (recs, starts, _) = write_fixture(&dir, compression);
@@ -1289,7 +1474,10 @@ mod tests {
         let mut wal = Wal::open(&dir, WalOptions::default()).unwrap();
         assert_eq!(wal.current_segment(), 1);
         let padded = fs::metadata(segment_path(&dir, 0)).unwrap().len();
-        assert_eq!(padded, ends.last().unwrap().div_ceil(PAGE_SIZE_U64) * PAGE_SIZE_U64);
+        assert_eq!(
+            padded,
+            ends.last().unwrap().div_ceil(PAGE_SIZE_U64) * PAGE_SIZE_U64
+        );
         log_one(&mut wal, b"after restart");
         wal.sync().unwrap();
         wal.close().unwrap();
@@ -1333,9 +1521,15 @@ mod tests {
             let good: Vec<Vec<u8>> = written[..k].iter().map(|w| w.0.clone()).collect();
             assert_eq!(got, good);
             let torn = stats.torn.unwrap();
-            assert_eq!((torn.segment, torn.offset, torn.segments_removed), (2, written[k].2, last_seg - 2));
+            assert_eq!(
+                (torn.segment, torn.offset, torn.segments_removed),
+                (2, written[k].2, last_seg - 2)
+            );
             assert!(torn.reason.contains("checksum"), "{}", torn.reason);
-            assert_eq!(segment_files(&dir).iter().map(|f| f.0).collect::<Vec<_>>(), vec![0, 1, 2]);
+            assert_eq!(
+                segment_files(&dir).iter().map(|f| f.0).collect::<Vec<_>>(),
+                vec![0, 1, 2]
+            );
 
             let mut wal = Wal::open(&dir, opts(4, true)).unwrap();
             assert_eq!(wal.current_segment(), 3);
@@ -1358,7 +1552,10 @@ mod tests {
             log_one(&mut wal, &[b's', i]);
             wal.close().unwrap();
         }
-        for (name, content) in [("checkpoint.00000001", b"old".as_slice()), ("checkpoint.00000002", b"cp")] {
+        for (name, content) in [
+            ("checkpoint.00000001", b"old".as_slice()),
+            ("checkpoint.00000002", b"cp"),
+        ] {
             let mut wal = Wal::open(&dir.join(name), opts(4, false)).unwrap();
             log_one(&mut wal, content);
             log_one(&mut wal, &make_record(131_040, 5, false));
@@ -1397,8 +1594,22 @@ mod tests {
         bytes[HEADER_SIZE] ^= 1;
         fs::write(&path, &bytes).unwrap();
         let err = replay(&dir, |_: &[u8]| Ok::<(), Infallible>(())).unwrap_err();
-        assert!(matches!(err, ReplayError::Wal(WalError::Corrupt { segment: 0, offset: 0, .. })), "{err}");
-        assert_eq!(fs::read(&path).unwrap(), bytes, "a checkpoint is never repaired");
+        assert!(
+            matches!(
+                err,
+                ReplayError::Wal(WalError::Corrupt {
+                    segment: 0,
+                    offset: 0,
+                    ..
+                })
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            bytes,
+            "a checkpoint is never repaired"
+        );
     }
 
     #[test]
@@ -1412,7 +1623,10 @@ mod tests {
         }
         fs::remove_file(segment_path(&dir, 1)).unwrap();
         let err = replay(&dir, |_: &[u8]| Ok::<(), Infallible>(())).unwrap_err();
-        assert!(matches!(err, ReplayError::Wal(WalError::Layout { .. })), "{err}");
+        assert!(
+            matches!(err, ReplayError::Wal(WalError::Layout { .. })),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1427,7 +1641,10 @@ mod tests {
         seg.extend_from_slice(data);
         fs::write(segment_path(&dir, 0), &seg).unwrap();
         let err = replay(&dir, |_: &[u8]| Ok::<(), Infallible>(())).unwrap_err();
-        assert!(matches!(err, ReplayError::Wal(WalError::Unsupported { .. })), "{err}");
+        assert!(
+            matches!(err, ReplayError::Wal(WalError::Unsupported { .. })),
+            "{err}"
+        );
         assert_eq!(fs::read(segment_path(&dir, 0)).unwrap(), seg);
     }
 
@@ -1474,7 +1691,10 @@ mod tests {
         assert!(WalOptions::default().validate().is_ok());
         assert_eq!(WalOptions::default().segment_size, 128 << 20);
         for bad in [0, PAGE_SIZE_U64 - 1, PAGE_SIZE_U64 + 1] {
-            let o = WalOptions { segment_size: bad, ..WalOptions::default() };
+            let o = WalOptions {
+                segment_size: bad,
+                ..WalOptions::default()
+            };
             assert!(matches!(o.validate(), Err(WalError::InvalidOptions(_))));
             assert!(Wal::open(tempfile::tempdir().unwrap().path(), o).is_err());
         }
@@ -1484,14 +1704,29 @@ mod tests {
     fn record_encoding_matches_prometheus_bytes() {
         let mut buf = Vec::new();
         record::begin_series(&mut buf);
-        record::push_series(&mut buf, 7, [(b"__name__".as_slice(), b"up".as_slice())].into_iter());
+        record::push_series(
+            &mut buf,
+            7,
+            [(b"__name__".as_slice(), b"up".as_slice())].into_iter(),
+        );
         let mut want = vec![1, 0, 0, 0, 0, 0, 0, 0, 7, 1, 8];
         want.extend_from_slice(b"__name__");
         want.push(2);
         want.extend_from_slice(b"up");
         assert_eq!(buf, want);
 
-        let s = [RefSample { series_ref: 1, t: 1000, v: 1.0 }, RefSample { series_ref: 3, t: 999, v: 2.0 }];
+        let s = [
+            RefSample {
+                series_ref: 1,
+                t: 1000,
+                v: 1.0,
+            },
+            RefSample {
+                series_ref: 3,
+                t: 999,
+                v: 2.0,
+            },
+        ];
         record::encode_samples(&mut buf, &s);
         let mut want = vec![2];
         want.extend_from_slice(&1u64.to_be_bytes());
@@ -1506,12 +1741,22 @@ mod tests {
         assert_eq!(record::record_type(&want), Some(record::SAMPLES));
         assert_eq!(record::record_type(&[]), None);
 
-        let mut out = vec![RefSample { series_ref: 9, t: 9, v: 9.0 }];
+        let mut out = vec![RefSample {
+            series_ref: 9,
+            t: 9,
+            v: 9.0,
+        }];
         record::decode_samples(&[record::SAMPLES], &mut out).unwrap();
-        assert!(out.is_empty(), "a bare type byte (as upstream writes it) decodes to nothing");
+        assert!(
+            out.is_empty(),
+            "a bare type byte (as upstream writes it) decodes to nothing"
+        );
         assert!(record::decode_samples(&[record::SERIES], &mut out).is_err());
         let mut series = Vec::new();
-        assert!(record::decode_series(&[1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0xff, 0], &mut series).is_err());
+        assert!(
+            record::decode_series(&[1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0xff, 0], &mut series)
+                .is_err()
+        );
     }
 
     fn label_strategy() -> impl Strategy<Value = Vec<(String, String)>> {
@@ -1590,7 +1835,9 @@ mod tests {
             "NaN" => f64::NAN,
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
-            _ => s.parse().unwrap_or_else(|e| panic!("promtool printed value {s:?}: {e}")),
+            _ => s
+                .parse()
+                .unwrap_or_else(|e| panic!("promtool printed value {s:?}: {e}")),
         }
     }
 
@@ -1631,7 +1878,11 @@ mod tests {
         let mut buf = Vec::new();
         record::begin_series(&mut buf);
         for (i, labels) in names.iter().enumerate() {
-            record::push_series(&mut buf, i as u64 + 1, labels.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+            record::push_series(
+                &mut buf,
+                i as u64 + 1,
+                labels.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+            );
         }
         log_one(&mut wal, &buf);
 
@@ -1639,7 +1890,11 @@ mod tests {
         let mut expected: Vec<Vec<(i64, f64)>> = vec![Vec::new(); names.len()];
         let mut next_t = vec![base; names.len()];
         let mut push = |samples: &mut Vec<RefSample>, s: usize, v: f64| {
-            samples.push(RefSample { series_ref: s as u64 + 1, t: next_t[s], v });
+            samples.push(RefSample {
+                series_ref: s as u64 + 1,
+                t: next_t[s],
+                v,
+            });
             expected[s].push((next_t[s], v));
             next_t[s] += 250;
         };
@@ -1655,7 +1910,11 @@ mod tests {
         for r in 0..40 {
             samples.clear();
             for i in 0..600 {
-                push(&mut samples, (i + r) % names.len(), (i * 7919 + r * 104_729) as f64 / 13.0);
+                push(
+                    &mut samples,
+                    (i + r) % names.len(),
+                    (i * 7919 + r * 104_729) as f64 / 13.0,
+                );
             }
             record::encode_samples(&mut buf, &samples);
             log_one(&mut wal, &buf);
@@ -1663,28 +1922,57 @@ mod tests {
         assert!(wal.current_segment() >= 1, "the test should span segments");
         wal.close().unwrap();
 
-        let out = Command::new(promtool).arg("tsdb").arg("dump").arg(tmp.path()).output().unwrap();
+        let out = Command::new(promtool)
+            .arg("tsdb")
+            .arg("dump")
+            .arg(tmp.path())
+            .output()
+            .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "promtool failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "promtool failed: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut got: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
         for line in stdout.lines() {
             let mut parts = line.rsplitn(3, ' ');
-            let (ts, val, labels) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
-            got.entry(labels.to_string()).or_default().push((ts.parse().unwrap(), parse_go_float(val)));
+            let (ts, val, labels) = (
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+            );
+            got.entry(labels.to_string())
+                .or_default()
+                .push((ts.parse().unwrap(), parse_go_float(val)));
         }
         let total: usize = expected.iter().map(Vec::len).sum();
-        assert_eq!(got.values().map(Vec::len).sum::<usize>(), total, "promtool output:\n{stdout}");
+        assert_eq!(
+            got.values().map(Vec::len).sum::<usize>(),
+            total,
+            "promtool output:\n{stdout}"
+        );
         for (labels, want) in names.iter().zip(&expected) {
             let key = format!(
                 "{{{}}}",
-                labels.iter().map(|(n, v)| format!("{n}={v:?}")).collect::<Vec<_>>().join(", ")
+                labels
+                    .iter()
+                    .map(|(n, v)| format!("{n}={v:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
-            let have = got.get(&key).unwrap_or_else(|| panic!("series {key} missing from:\n{stdout}"));
+            let have = got
+                .get(&key)
+                .unwrap_or_else(|| panic!("series {key} missing from:\n{stdout}"));
             assert_eq!(have.len(), want.len(), "{key}");
             for (h, w) in have.iter().zip(want) {
                 assert_eq!(h.0, w.0, "{key}");
                 assert!(
-                    if w.1.is_nan() { h.1.is_nan() } else { h.1.to_bits() == w.1.to_bits() },
+                    if w.1.is_nan() {
+                        h.1.is_nan()
+                    } else {
+                        h.1.to_bits() == w.1.to_bits()
+                    },
                     "{key} at {}: promtool has {}, wrote {}",
                     w.0,
                     h.1,

@@ -16,16 +16,34 @@ pub type Series = Vec<(String, String)>;
 /// Builds a remote-write series from label pairs (in the given order) and samples.
 pub fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
     TimeSeries {
-        labels: labels.iter().map(|(n, v)| pb::Label { name: n.to_string(), value: v.to_string() }).collect(),
-        samples: samples.iter().map(|&(t, v)| Sample { timestamp: t, value: v }).collect(),
+        labels: labels
+            .iter()
+            .map(|(n, v)| pb::Label {
+                name: n.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        samples: samples
+            .iter()
+            .map(|&(t, v)| Sample {
+                timestamp: t,
+                value: v,
+            })
+            .collect(),
         ..Default::default()
     }
 }
 
 /// Snappy-compresses an encoded WriteRequest, as Prometheus sends it.
 pub fn encode(ts: Vec<TimeSeries>) -> Vec<u8> {
-    let raw = WriteRequest { timeseries: ts, metadata: vec![] }.encode_to_vec();
-    snap::raw::Encoder::new().compress_vec(&raw).expect("snappy compress")
+    let raw = WriteRequest {
+        timeseries: ts,
+        metadata: vec![],
+    }
+    .encode_to_vec();
+    snap::raw::Encoder::new()
+        .compress_vec(&raw)
+        .expect("snappy compress")
 }
 
 /// POSTs a body with the given headers; returns status and body text (never fails on 4xx/5xx).
@@ -72,7 +90,10 @@ pub fn wait_ready(http: SocketAddr, timeout: Duration) {
         if let Ok((200, _)) = get(&format!("http://{http}/-/ready")) {
             return;
         }
-        assert!(start.elapsed() < timeout, "receiver at {http} not ready after {timeout:?}");
+        assert!(
+            start.elapsed() < timeout,
+            "receiver at {http} not ready after {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -93,17 +114,37 @@ impl Receiver {
     pub fn start_in(dir: tempfile::TempDir, extra_args: &[&str]) -> Self {
         let path = dir.path().to_string_lossy().into_owned();
         let mut args = vec![
-            "wharf", "receive", "--remote-write.address", "127.0.0.1:0", "--grpc-address", "127.0.0.1:0",
-            "--http-address", "127.0.0.1:0", "--tsdb.path", &path, "--http-grace-period", "5s", "--grpc-grace-period", "5s",
+            "wharf",
+            "receive",
+            "--remote-write.address",
+            "127.0.0.1:0",
+            "--grpc-address",
+            "127.0.0.1:0",
+            "--http-address",
+            "127.0.0.1:0",
+            "--tsdb.path",
+            &path,
+            "--http-grace-period",
+            "5s",
+            "--grpc-grace-period",
+            "5s",
         ];
         args.extend_from_slice(extra_args);
         let (cli, given) = wharf::config::parse_from(args).expect("parse flags");
         wharf::config::check_not_yet(&given).expect("flags");
         let wharf::config::Commands::Receive(r) = cli.command;
         let cfg = r.into_config().expect("config");
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
         let running = rt.block_on(wharf::app::start(cfg)).expect("start receiver");
-        let rx = Self { running: Some(running), rt, dir };
+        let rx = Self {
+            running: Some(running),
+            rt,
+            dir,
+        };
         wait_ready(rx.http(), Duration::from_secs(30));
         rx
     }
@@ -146,9 +187,16 @@ pub struct StoreApi {
 
 impl StoreApi {
     pub fn connect(addr: SocketAddr) -> Self {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         let ch = rt
-            .block_on(tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect())
+            .block_on(
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .expect("endpoint")
+                    .connect(),
+            )
             .expect("connect grpc");
         let client = StoreClient::new(ch.clone()).max_decoding_message_size(usize::MAX >> 1);
         let info = wharf::proto::thanos::info::info_client::InfoClient::new(ch);
@@ -156,7 +204,10 @@ impl StoreApi {
     }
 
     /// Collects a Series call: frames flattened, warnings separate.
-    pub fn series(&mut self, req: pb::SeriesRequest) -> Result<(Vec<pb::Series>, Vec<String>), tonic::Status> {
+    pub fn series(
+        &mut self,
+        req: pb::SeriesRequest,
+    ) -> Result<(Vec<pb::Series>, Vec<String>), tonic::Status> {
         let mut client = self.client.clone();
         self.rt.block_on(async move {
             let mut stream = client.series(req).await?.into_inner();
@@ -173,24 +224,40 @@ impl StoreApi {
         })
     }
 
-    pub fn label_names(&mut self, req: pb::LabelNamesRequest) -> Result<pb::LabelNamesResponse, tonic::Status> {
+    pub fn label_names(
+        &mut self,
+        req: pb::LabelNamesRequest,
+    ) -> Result<pb::LabelNamesResponse, tonic::Status> {
         let mut client = self.client.clone();
-        self.rt.block_on(async move { client.label_names(req).await.map(|r| r.into_inner()) })
+        self.rt
+            .block_on(async move { client.label_names(req).await.map(|r| r.into_inner()) })
     }
 
-    pub fn label_values(&mut self, req: pb::LabelValuesRequest) -> Result<pb::LabelValuesResponse, tonic::Status> {
+    pub fn label_values(
+        &mut self,
+        req: pb::LabelValuesRequest,
+    ) -> Result<pb::LabelValuesResponse, tonic::Status> {
         let mut client = self.client.clone();
-        self.rt.block_on(async move { client.label_values(req).await.map(|r| r.into_inner()) })
+        self.rt
+            .block_on(async move { client.label_values(req).await.map(|r| r.into_inner()) })
     }
 
     pub fn info(&mut self) -> Result<wharf::proto::thanos::info::InfoResponse, tonic::Status> {
         let mut c = self.info.clone();
-        self.rt.block_on(async move { c.info(wharf::proto::thanos::info::InfoRequest {}).await.map(|r| r.into_inner()) })
+        self.rt.block_on(async move {
+            c.info(wharf::proto::thanos::info::InfoRequest {})
+                .await
+                .map(|r| r.into_inner())
+        })
     }
 }
 
 pub fn matcher(kind: pb::label_matcher::Type, name: &str, value: &str) -> pb::LabelMatcher {
-    pb::LabelMatcher { r#type: kind as i32, name: name.into(), value: value.into() }
+    pb::LabelMatcher {
+        r#type: kind as i32,
+        name: name.into(),
+        value: value.into(),
+    }
 }
 
 pub fn eq(name: &str, value: &str) -> pb::LabelMatcher {
@@ -199,7 +266,10 @@ pub fn eq(name: &str, value: &str) -> pb::LabelMatcher {
 
 /// Label pairs of a StoreAPI series.
 pub fn pairs(s: &pb::Series) -> Series {
-    s.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect()
+    s.labels
+        .iter()
+        .map(|l| (l.name.clone(), l.value.clone()))
+        .collect()
 }
 
 /// Every (t, value bits) in a series' chunks, decoded.
@@ -236,14 +306,30 @@ impl Proc {
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
             .arg("receive")
-            .args(["--remote-write.address", &rw.to_string(), "--grpc-address", &grpc.to_string()])
-            .args(["--http-address", &http.to_string(), "--tsdb.path", &data.to_string_lossy()])
+            .args([
+                "--remote-write.address",
+                &rw.to_string(),
+                "--grpc-address",
+                &grpc.to_string(),
+            ])
+            .args([
+                "--http-address",
+                &http.to_string(),
+                "--tsdb.path",
+                &data.to_string_lossy(),
+            ])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .expect("spawn wharf");
-        Self { child, rw, grpc, http, log }
+        Self {
+            child,
+            rw,
+            grpc,
+            http,
+            log,
+        }
     }
 
     pub fn logs(&self) -> String {

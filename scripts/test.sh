@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian machine with the Rust toolchain, then runs them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing ${need_apt[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+# The package may start a system Prometheus on :9090; the tests use their own on free ports.
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "== installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+
+echo "== formatting and lints"
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+
+echo "== unit, property and end-to-end tests"
+cargo nextest run --all-targets --no-fail-fast --failure-output final
+
+echo "== benchmark smoke run (each benchmark once)"
+cargo test --benches --quiet
