@@ -70,6 +70,26 @@ fn decode(c: &mut Criterion) {
     let opts = remote_write::Options::default();
     let mut g = c.benchmark_group("decode");
     g.throughput(Throughput::Elements(SERIES as u64));
+    let raw = remote_write::decompress(&body, &opts).expect("decompress");
+    g.bench_function("snappy only 2000 series", |b| {
+        b.iter(|| {
+            black_box(
+                remote_write::decompress(black_box(&body), &opts)
+                    .expect("decompress")
+                    .len(),
+            )
+        })
+    });
+    g.bench_function("protobuf only 2000 series", |b| {
+        b.iter(|| {
+            black_box(
+                remote_write::decode(black_box(&raw))
+                    .expect("decode")
+                    .series
+                    .len(),
+            )
+        })
+    });
     g.bench_function("snappy+protobuf 2000 series", |b| {
         b.iter(|| {
             let raw = remote_write::decompress(black_box(&body), &opts).expect("decompress");

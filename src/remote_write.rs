@@ -103,6 +103,8 @@ pub struct WriteBatch<'a> {
     pub series: Vec<SeriesView>,
     pub labels: Vec<(&'a str, &'a str)>,
     pub samples: Vec<(i64, f64)>,
+    /// Scratch: byte offsets of the current series' names and values.
+    label_pos: Vec<[u32; 4]>,
 }
 
 impl<'a> WriteBatch<'a> {
@@ -196,6 +198,10 @@ pub fn decode_into<'a>(buf: &'a [u8], batch: &mut WriteBatch<'a>) -> Result<(), 
     batch.series.clear();
     batch.labels.clear();
     batch.samples.clear();
+    // A label costs at least ~20 bytes on the wire and a series ~300: reserve once, not 15 times.
+    batch.labels.reserve(buf.len() / 32);
+    batch.samples.reserve(buf.len() / 256);
+    batch.series.reserve(buf.len() / 256);
     let mut r = Reader::new(buf);
     while !r.done() {
         let (field, wt) = r.key()?;
@@ -214,22 +220,34 @@ fn decode_series<'a>(buf: &'a [u8], batch: &mut WriteBatch<'a>) -> Result<(), De
     let label_start = batch.labels.len() as u32;
     let sample_start = batch.samples.len() as u32;
     let (mut histograms, mut exemplars) = (0u32, 0u32);
-    let mut error = None;
+    batch.label_pos.clear();
+    // The byte run covered by the label fields, and whether all its framing bytes (tags and
+    // lengths) are ASCII and the fields are adjacent: then the run is valid UTF-8 exactly when
+    // every name and value is, and one check replaces twenty short ones.
+    let mut run: Option<(usize, usize)> = None;
+    let mut one_run = true;
     let mut r = Reader::new(buf);
     while !r.done() {
+        let field_start = r.pos;
         let (field, wt) = r.key()?;
         match (field, wt) {
             (1, WT_LEN) => {
-                let (name, value) = decode_label(r.bytes()?)?;
-                let name = std::str::from_utf8(name).ok();
-                let value = std::str::from_utf8(value).ok();
-                match (name, value) {
-                    (Some(n), Some(v)) => batch.labels.push((n, v)),
-                    _ => {
-                        error.get_or_insert(SeriesError::InvalidUtf8);
-                        batch.labels.push(("", ""));
+                let label = r.bytes()?;
+                let (name, value) = decode_label(label)?;
+                let offset = |s: &[u8]| (s.as_ptr() as usize - buf.as_ptr() as usize) as u32;
+                let (n, v) = (offset(name), offset(value));
+                batch
+                    .label_pos
+                    .push([n, n + name.len() as u32, v, v + value.len() as u32]);
+                one_run &= label.len() < 128 && name.len() + value.len() + 4 == label.len();
+                run = match run {
+                    None => Some((field_start, r.pos)),
+                    Some((s, e)) if e == field_start => Some((s, r.pos)),
+                    Some(_) => {
+                        one_run = false;
+                        run
                     }
-                }
+                };
             }
             (2, WT_LEN) => batch.samples.push(decode_sample(r.bytes()?)?),
             (3, WT_LEN) => {
@@ -241,6 +259,28 @@ fn decode_series<'a>(buf: &'a [u8], batch: &mut WriteBatch<'a>) -> Result<(), De
                 histograms += 1;
             }
             _ => r.skip(wt)?,
+        }
+    }
+    let mut error = None;
+    let whole = run
+        .filter(|_| one_run)
+        .and_then(|(s, e)| Some((s, std::str::from_utf8(&buf[s..e]).ok()?)));
+    for &[ns, ne, vs, ve] in &batch.label_pos {
+        let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
+        let pair = match whole {
+            Some((base, text)) => text
+                .get(ns - base..ne - base)
+                .zip(text.get(vs - base..ve - base)),
+            None => std::str::from_utf8(&buf[ns..ne])
+                .ok()
+                .zip(std::str::from_utf8(&buf[vs..ve]).ok()),
+        };
+        match pair {
+            Some(p) => batch.labels.push(p),
+            None => {
+                error.get_or_insert(SeriesError::InvalidUtf8);
+                batch.labels.push(("", ""));
+            }
         }
     }
     let labels = label_start..batch.labels.len() as u32;
@@ -329,8 +369,20 @@ impl<'a> Reader<'a> {
         self.pos >= self.buf.len()
     }
 
-    #[inline]
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, DecodeError> {
+        // Tags and short lengths are one byte; keep that path branch-light and inlined.
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.varint_slow()
+    }
+
+    #[inline(never)]
+    fn varint_slow(&mut self) -> Result<u64, DecodeError> {
         let mut out = 0u64;
         for i in 0..10 {
             let b = *self
@@ -500,6 +552,28 @@ mod tests {
         assert_eq!(decompress(&[], &opts), Err(DecodeError::EmptyBody));
     }
 
+    #[test]
+    fn labels_interleaved_with_samples_still_validate_each_string() {
+        // TimeSeries{label{a="x"}, sample{}, label{b=0xC3 (a truncated two-byte sequence)}}
+        let ts = [
+            0x0a, 0x06, 0x0a, 0x01, b'a', 0x12, 0x01, b'x', 0x12, 0x00, 0x0a, 0x06, 0x0a, 0x01,
+            b'b', 0x12, 0x01, 0xc3,
+        ];
+        let mut req = vec![0x0a, ts.len() as u8];
+        req.extend_from_slice(&ts);
+        let b = decode(&req).unwrap();
+        assert_eq!(b.series[0].error, Some(SeriesError::InvalidUtf8));
+        let ok = [
+            0x0a, 0x06, 0x0a, 0x01, b'a', 0x12, 0x01, b'x', 0x12, 0x00, 0x0a, 0x06, 0x0a, 0x01,
+            b'b', 0x12, 0x01, b'y',
+        ];
+        let mut req = vec![0x0a, ok.len() as u8];
+        req.extend_from_slice(&ok);
+        let b = decode(&req).unwrap();
+        assert_eq!(b.labels_of(&b.series[0]), &[("a", "x"), ("b", "y")]);
+        assert_eq!(b.samples_of(&b.series[0]), &[(0, 0.0)]);
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -510,7 +584,7 @@ mod tests {
         #[test]
         fn round_trips_random_requests(
             series_in in proptest::collection::vec(
-                (proptest::collection::btree_map("[a-z_]{1,8}", "[ -~]{1,12}", 1..6),
+                (proptest::collection::btree_map("[a-z_]{1,8}", prop_oneof!["[ -~]{1,12}", "\\PC{1,12}", "[a-z]{120,200}"], 1..6),
                  proptest::collection::vec((any::<i64>(), any::<u64>()), 0..5)),
                 0..8)
         ) {

@@ -167,36 +167,51 @@ fn compute_chunk_end_time(start: i64, cur: i64, max: i64, ratio_to_full: i64) ->
     (start as f64 + (max - start) as f64 / n.floor()) as i64
 }
 
-/// Interned strings; ids are dense and stable for the life of the head.
+/// Interned strings; ids are dense and stable for the life of the head. The table keeps a
+/// 32-bit hash beside each id so that growing it never re-hashes the strings.
 #[derive(Debug, Default)]
 struct Symbols {
     strings: Vec<Box<str>>,
-    lookup: HashTable<u32>,
+    lookup: HashTable<(u32, u32)>,
+}
+
+/// Folds a 64-bit hash to the 32 bits stored in lookup tables.
+fn fold(h: u64) -> u32 {
+    (h ^ (h >> 32)) as u32
+}
+
+/// Spreads a stored 32-bit hash back over 64 bits for the table's bucket and tag bits.
+fn spread(h: u32) -> u64 {
+    u64::from(h).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 impl Symbols {
-    fn hash(s: &str) -> u64 {
-        xxhash_rust::xxh3::xxh3_64(s.as_bytes())
+    fn hash(s: &str) -> u32 {
+        fold(xxhash_rust::xxh3::xxh3_64(s.as_bytes()))
     }
 
     fn get(&self, s: &str) -> Option<u32> {
+        let h = Self::hash(s);
         let strings = &self.strings;
         self.lookup
-            .find(Self::hash(s), |&id| &*strings[id as usize] == s)
-            .copied()
+            .find(spread(h), |&(id, eh)| {
+                eh == h && &*strings[id as usize] == s
+            })
+            .map(|&(id, _)| id)
     }
 
     fn intern(&mut self, s: &str) -> u32 {
         let h = Self::hash(s);
         let strings = &self.strings;
-        if let Some(&id) = self.lookup.find(h, |&id| &*strings[id as usize] == s) {
+        if let Some(&(id, _)) = self.lookup.find(spread(h), |&(id, eh)| {
+            eh == h && &*strings[id as usize] == s
+        }) {
             return id;
         }
         let id = self.strings.len() as u32;
         self.strings.push(s.into());
-        let strings = &self.strings;
         self.lookup
-            .insert_unique(h, id, |&i| Self::hash(&strings[i as usize]));
+            .insert_unique(spread(h), (id, h), |&(_, eh)| spread(eh));
         id
     }
 
@@ -205,17 +220,20 @@ impl Symbols {
     }
 }
 
-/// Hashes a label set as Prometheus does (`name 0xff value 0xff` …), here with xxh3 since the
-/// value never leaves the process.
-pub fn labels_hash<'a>(labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
+/// Hashes a label set over `name 0xff value 0xff …` in one shot (xxh3 on a reused buffer: the
+/// value never leaves the process), folded to the 32 bits the series table stores.
+fn labels_hash<'a>(
+    scratch: &mut Vec<u8>,
+    labels: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> u32 {
+    scratch.clear();
     for (n, v) in labels {
-        h.update(n.as_bytes());
-        h.update(&[0xff]);
-        h.update(v.as_bytes());
-        h.update(&[0xff]);
+        scratch.extend_from_slice(n.as_bytes());
+        scratch.push(0xff);
+        scratch.extend_from_slice(v.as_bytes());
+        scratch.push(0xff);
     }
-    h.digest()
+    fold(xxhash_rust::xxh3::xxh3_64(scratch))
 }
 
 /// Counters a head keeps for metrics.
@@ -232,7 +250,9 @@ pub struct Head {
     opts: HeadOptions,
     symbols: Symbols,
     series: Vec<MemSeries>,
-    by_hash: HashTable<SeriesId>,
+    /// (series, folded label hash); see [`Symbols`] for why the hash is kept.
+    by_hash: HashTable<(SeriesId, u32)>,
+    hash_scratch: Vec<u8>,
     postings: HashMap<(u32, u32), Vec<SeriesId>>,
     values_by_name: HashMap<u32, Vec<u32>>,
     next_ref: u64,
@@ -248,6 +268,7 @@ impl Head {
             symbols: Symbols::default(),
             series: Vec::new(),
             by_hash: HashTable::new(),
+            hash_scratch: Vec::new(),
             postings: HashMap::new(),
             values_by_name: HashMap::new(),
             next_ref: 1,
@@ -282,23 +303,24 @@ impl Head {
         }
     }
 
-    fn find(&self, hash: u64, labels: &[(&str, &str)]) -> Option<SeriesId> {
+    fn find(&self, hash: u32, labels: &[(&str, &str)]) -> Option<SeriesId> {
         let (series, symbols) = (&self.series, &self.symbols);
         self.by_hash
-            .find(hash, |&id| {
+            .find(spread(hash), |&(id, h)| {
                 let s = &series[id as usize].labels;
-                s.len() == labels.len()
+                h == hash
+                    && s.len() == labels.len()
                     && s.iter().zip(labels).all(|(&(n, v), &(ln, lv))| {
                         symbols.resolve(n) == ln && symbols.resolve(v) == lv
                     })
             })
-            .copied()
+            .map(|&(id, _)| id)
     }
 
     /// Finds the series with exactly these (sorted, validated) labels or creates it.
     /// The flag is true when the series still needs its WAL series record.
     pub fn get_or_create(&mut self, labels: &[(&str, &str)]) -> (SeriesId, bool) {
-        let hash = labels_hash(labels.iter().copied());
+        let hash = labels_hash(&mut self.hash_scratch, labels.iter().copied());
         if let Some(id) = self.find(hash, labels) {
             return (id, !self.series[id as usize].logged);
         }
@@ -307,7 +329,7 @@ impl Head {
         (self.insert(hash, labels, series_ref), true)
     }
 
-    fn insert(&mut self, hash: u64, labels: &[(&str, &str)], series_ref: u64) -> SeriesId {
+    fn insert(&mut self, hash: u32, labels: &[(&str, &str)], series_ref: u64) -> SeriesId {
         let id = self.series.len() as SeriesId;
         let syms: Box<[(u32, u32)]> = labels
             .iter()
@@ -330,15 +352,8 @@ impl Head {
             last_v: 0,
             logged: false,
         });
-        let series = &self.series;
-        self.by_hash.insert_unique(hash, id, |&i| {
-            let s = &series[i as usize];
-            labels_hash(
-                s.labels
-                    .iter()
-                    .map(|&(n, v)| (self.symbols.resolve(n), self.symbols.resolve(v))),
-            )
-        });
+        self.by_hash
+            .insert_unique(spread(hash), (id, hash), |&(_, h)| spread(h));
         id
     }
 
@@ -346,7 +361,7 @@ impl Head {
     /// (same labels, new ref) maps to the existing series.
     pub fn replay_series(&mut self, series_ref: u64, labels: &[(&str, &str)]) -> SeriesId {
         self.next_ref = self.next_ref.max(series_ref.saturating_add(1));
-        let hash = labels_hash(labels.iter().copied());
+        let hash = labels_hash(&mut self.hash_scratch, labels.iter().copied());
         let id = match self.find(hash, labels) {
             Some(id) => id,
             None => self.insert(hash, labels, series_ref),
