@@ -80,6 +80,10 @@ impl Ingest {
         self.ready.store(ready, Ordering::Release);
     }
 
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
     /// Writes every valid series, then reports the worst problem: a storage failure, then an
     /// invalid series (400: the request can never fully succeed), then rejected samples (409).
     /// Valid data is written even when an error is returned, as Thanos does. Blocking.
@@ -93,7 +97,7 @@ impl Ingest {
             samples: batch.total_samples(),
             appended: 0,
         };
-        if !self.ready.load(Ordering::Acquire) {
+        if !self.is_ready() {
             return Err((summary, IngestError::NotReady));
         }
         let res = match self.tsdb.append(tenant, batch) {

@@ -25,6 +25,20 @@ pub enum MultiTsdbError {
     Closed,
 }
 
+impl MultiTsdbError {
+    /// Reports whether the failure only means the database is shutting down (retry elsewhere).
+    pub fn is_closed(&self) -> bool {
+        matches!(
+            self,
+            MultiTsdbError::Closed
+                | MultiTsdbError::Tenant {
+                    source: TsdbError::Wal(crate::tsdb::wal::WalError::Closed),
+                    ..
+                }
+        )
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Options {
     /// `--tsdb.path`.

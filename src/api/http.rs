@@ -67,7 +67,7 @@ async fn metrics_handler() -> impl IntoResponse {
 }
 
 async fn ready(State(st): State<HttpState>) -> Response {
-    if st.ingest().is_some() {
+    if st.ingest().is_some_and(|i| i.is_ready()) {
         (StatusCode::OK, "OK").into_response()
     } else {
         (
