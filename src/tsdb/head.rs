@@ -675,6 +675,42 @@ mod tests {
         assert_eq!(Head::check(None, 10, 9, 1.0), Err(OutOfBounds));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn lookup_is_exact_for_random_label_sets(
+            sets in proptest::collection::vec(proptest::collection::btree_map("[a-c]{1,2}", "[x-z]{0,2}", 1..4), 1..60)
+        ) {
+            // Tiny alphabets make equal hashes of different sets and equal sets likely; the
+            // head must map each distinct set to its own series and equal sets to the same one.
+            let mut h = Head::new(HeadOptions::default());
+            let mut seen: std::collections::HashMap<Vec<(String, String)>, SeriesId> = Default::default();
+            for set in &sets {
+                let pairs: Vec<(&str, &str)> = set.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                let (id, _) = h.get_or_create(&pairs);
+                let key: Vec<(String, String)> = set.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+                let want = *seen.entry(key).or_insert(id);
+                proptest::prop_assert_eq!(id, want);
+                let stored = h.labels_of(id);
+                proptest::prop_assert_eq!(stored.iter().map(|l| (l.name.as_str(), l.value.as_str())).collect::<Vec<_>>(), pairs);
+            }
+            proptest::prop_assert_eq!(h.num_series(), seen.len());
+        }
+    }
+
+    #[test]
+    fn equal_folded_hashes_are_told_apart_by_labels() {
+        let mut h = Head::new(HeadOptions::default());
+        let (a, _) = h.get_or_create(&[("a", "1")]);
+        // Force a collision: look up another label set under the first one's hash.
+        let ha = labels_hash(&mut Vec::new(), [("a", "1")]);
+        assert_eq!(h.find(ha, &[("a", "1")]), Some(a));
+        assert_eq!(h.find(ha, &[("a", "2")]), None);
+        let b = h.insert(ha, &[("a", "2")], 99);
+        assert_ne!(a, b);
+        assert_eq!(h.find(ha, &[("a", "2")]), Some(b));
+        assert_eq!(h.find(ha, &[("a", "1")]), Some(a));
+    }
+
     #[test]
     fn same_labels_find_the_same_series() {
         let mut h = Head::new(HeadOptions::default());
