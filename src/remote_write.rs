@@ -233,12 +233,17 @@ fn decode_series<'a>(buf: &'a [u8], batch: &mut WriteBatch<'a>) -> Result<(), De
         match (field, wt) {
             (1, WT_LEN) => {
                 let label = r.bytes()?;
+                let base = r.pos - label.len();
                 let (name, value) = decode_label(label)?;
-                let offset = |s: &[u8]| (s.as_ptr() as usize - buf.as_ptr() as usize) as u32;
-                let (n, v) = (offset(name), offset(value));
-                batch
-                    .label_pos
-                    .push([n, n + name.len() as u32, v, v + value.len() as u32]);
+                batch.label_pos.push(
+                    [
+                        name.start + base,
+                        name.end + base,
+                        value.start + base,
+                        value.end + base,
+                    ]
+                    .map(|o| o as u32),
+                );
                 one_run &= label.len() < 128 && name.len() + value.len() + 4 == label.len();
                 run = match run {
                     None => Some((field_start, r.pos)),
@@ -278,8 +283,11 @@ fn decode_series<'a>(buf: &'a [u8], batch: &mut WriteBatch<'a>) -> Result<(), De
         match pair {
             Some(p) => batch.labels.push(p),
             None => {
+                // Keep whichever half is valid so the error message can name the label.
                 error.get_or_insert(SeriesError::InvalidUtf8);
-                batch.labels.push(("", ""));
+                let n = std::str::from_utf8(&buf[ns..ne]).unwrap_or(INVALID_UTF8);
+                let v = std::str::from_utf8(&buf[vs..ve]).unwrap_or(INVALID_UTF8);
+                batch.labels.push((n, v));
             }
         }
     }
@@ -323,18 +331,23 @@ pub fn validate_labels(labels: &[(&str, &str)]) -> Result<(), SeriesError> {
     Ok(())
 }
 
-fn decode_label(buf: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
-    let (mut name, mut value): (&[u8], &[u8]) = (&[], &[]);
+/// Returns the byte ranges of a label's name and value within `buf`; an absent field (proto3
+/// leaves out empty strings) is an empty range.
+fn decode_label(buf: &[u8]) -> Result<(Range<usize>, Range<usize>), DecodeError> {
+    let (mut name, mut value) = (0..0, 0..0);
     let mut r = Reader::new(buf);
     while !r.done() {
         match r.key()? {
-            (1, WT_LEN) => name = r.bytes()?,
-            (2, WT_LEN) => value = r.bytes()?,
+            (1, WT_LEN) => name = r.bytes_range()?,
+            (2, WT_LEN) => value = r.bytes_range()?,
             (_, wt) => r.skip(wt)?,
         }
     }
     Ok((name, value))
 }
+
+/// Stands in for a label string that is not UTF-8, in error messages only.
+const INVALID_UTF8: &str = "<invalid UTF-8>";
 
 fn decode_sample(buf: &[u8]) -> Result<(i64, f64), DecodeError> {
     let (mut t, mut v) = (0i64, 0f64);
@@ -419,6 +432,11 @@ impl<'a> Reader<'a> {
         let out = &self.buf[self.pos..end];
         self.pos = end;
         Ok(out)
+    }
+
+    fn bytes_range(&mut self) -> Result<Range<usize>, DecodeError> {
+        let len = self.bytes()?.len();
+        Ok(self.pos - len..self.pos)
     }
 
     fn fixed64(&mut self) -> Result<u64, DecodeError> {

@@ -257,6 +257,74 @@ fn read_response(s: &mut TcpStream) -> Raw {
     }
 }
 
+/// POSTs a remote-write body with one extra header given as raw bytes (which may be outside
+/// visible ASCII, as HTTP's obs-text allows and Go servers pass through).
+fn post_raw_header(addr: SocketAddr, header: &[u8], body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("POST /api/v1/receive HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n")
+        .into_bytes();
+    for (k, v) in RW_HEADERS {
+        req.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    req.extend_from_slice(header);
+    req.extend_from_slice(format!("\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());
+    req.extend_from_slice(body);
+    s.write_all(&req).expect("send");
+    match read_response(&mut s) {
+        Raw::Answer { status, body } => (status, body),
+        Raw::Reset(e) => panic!("no answer: {e}"),
+    }
+}
+
+/// A tenant header the server cannot read as visible ASCII must not silently land in the
+/// default tenant: either it is that tenant (as in Thanos, which takes the header's bytes as
+/// they are) or the request is refused with 400.
+fn odd_tenant_header(rx: &Receiver, case: &str, value: &[u8], as_text: Option<&str>) {
+    let name = format!("bi_{case}");
+    let body = encode(vec![series(&[("__name__", &name)], &[(1000, 1.0)])]);
+    let mut header = b"THANOS-TENANT: ".to_vec();
+    header.extend_from_slice(value);
+    let (code, resp) = post_raw_header(rx.rw(), &header, &body);
+    let stored: Vec<String> = all_series(rx, &name)
+        .iter()
+        .flat_map(|s| {
+            pairs(s)
+                .into_iter()
+                .filter(|(n, _)| n == "tenant_id")
+                .map(|(_, v)| v)
+        })
+        .collect();
+    println!(
+        "{case}: {code} {} stored in tenants {stored:?}",
+        resp.trim_end()
+    );
+    match code {
+        400 => {
+            assert_one_line(case, &resp);
+            assert!(
+                stored.is_empty(),
+                "{case}: refused but stored in {stored:?}"
+            );
+        }
+        200 => {
+            assert!(
+                !stored.iter().any(|t| t == "default-tenant"),
+                "{case}: a write for tenant {:?} was stored in the default tenant ({stored:?})",
+                String::from_utf8_lossy(value)
+            );
+            if let Some(t) = as_text {
+                assert_eq!(
+                    stored,
+                    vec![t.to_string()],
+                    "{case}: stored in the wrong tenant"
+                );
+            }
+        }
+        other => panic!("{case}: status {other} {resp:?}"),
+    }
+}
+
 fn huge_body(rx: &Receiver, case: &str, chunked: bool) {
     let start = Instant::now();
     match raw_post_zeros(rx.rw(), RW_HEADERS, 100 << 20, chunked) {
@@ -383,6 +451,13 @@ fn cases() -> Vec<Case> {
         body_case("truncated_body", truncated, 400, &["snappy"]),
         body_case("empty_body", Vec::new(), 400, &["empty"]),
         // Varint 0xFFFFFFFF: a decompressed length of 4 GiB - 1, far over the 32 MiB limit.
+        // Small on the wire, 33 MiB once decompressed: over the decompressed limit.
+        body_case(
+            "decompressed_over_limit",
+            snappy(&vec![0u8; 33 << 20]),
+            413,
+            &["33554432"],
+        ),
         body_case(
             "snappy_header_claims_4gib",
             vec![0xff, 0xff, 0xff, 0xff, 0x0f, 0x00],
@@ -499,6 +574,19 @@ fn cases() -> Vec<Case> {
         tenant_case("tenant_dot", "."),
         tenant_case("tenant_leading_slash", "/etc"),
         tenant_case("tenant_trailing_slash", "x/"),
+        (
+            "tenant_non_ascii_utf8",
+            Box::new(|rx: &Receiver| {
+                let t = "tenant-\u{fc}";
+                odd_tenant_header(rx, "tenant_non_ascii_utf8", t.as_bytes(), Some(t))
+            }),
+        ),
+        (
+            "tenant_invalid_utf8",
+            Box::new(|rx: &Receiver| {
+                odd_tenant_header(rx, "tenant_invalid_utf8", b"\xff\xfe", None)
+            }),
+        ),
         (
             "partial_write",
             Box::new(|rx: &Receiver| {

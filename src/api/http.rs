@@ -96,9 +96,14 @@ impl Failure {
 async fn receive(State(st): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
     let start = Instant::now();
     let tenant_raw = tenant_from_headers(&headers, &st.opts);
-    let (result, summary) = match TenantId::new(&tenant_raw) {
+    let tenant = tenant_raw
+        .as_deref()
+        .map_err(|e| e.clone())
+        .and_then(|t| TenantId::new(t).map_err(|e| e.to_string()));
+    let tenant_raw = tenant_raw.unwrap_or_else(|_| "<invalid>".to_string());
+    let (result, summary) = match tenant {
         Err(e) => (
-            Err(Failure::new(ErrorClass::BadRequest, e.to_string())),
+            Err(Failure::new(ErrorClass::BadRequest, e)),
             WriteSummary::default(),
         ),
         Ok(tenant) => handle_write(&st, tenant, &headers, body).await,
@@ -145,16 +150,17 @@ async fn receive(State(st): State<HttpState>, headers: HeaderMap, body: Body) ->
     resp
 }
 
-fn tenant_from_headers(headers: &HeaderMap, opts: &HttpOptions) -> String {
-    let get = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .filter(|s| !s.is_empty())
-    };
-    get(opts.tenant_header.as_str())
-        .or_else(|| get(THANOS_TENANT_HEADER))
-        .map_or_else(|| opts.default_tenant.to_string(), str::to_string)
+/// The tenant named by the configured header, else by `THANOS-TENANT`, else the default. A
+/// header that is not UTF-8 is an error rather than a silent fallback to the default tenant.
+fn tenant_from_headers(headers: &HeaderMap, opts: &HttpOptions) -> Result<String, String> {
+    for name in [opts.tenant_header.as_str(), THANOS_TENANT_HEADER] {
+        if let Some(v) = headers.get(name).filter(|v| !v.is_empty()) {
+            return std::str::from_utf8(v.as_bytes())
+                .map(str::to_string)
+                .map_err(|_| format!("tenant header {name} is not valid UTF-8"));
+        }
+    }
+    Ok(opts.default_tenant.to_string())
 }
 
 /// Checks Content-Encoding and Content-Type as the remote-write spec asks: snappy (or absent)
@@ -192,24 +198,24 @@ fn check_content(headers: &HeaderMap) -> Result<(), Failure> {
 }
 
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Failure> {
-    let too_large = |size: &str| {
+    let too_large = || {
         Failure::new(
             ErrorClass::PayloadTooLarge,
-            format!("request body of {size} bytes exceeds the limit of {limit} bytes"),
+            format!("request body exceeds the limit of {limit} bytes"),
         )
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let Some(len) = declared.filter(|&l| l > limit as u64) {
-        return Err(too_large(&len.to_string()));
+    if declared.is_some_and(|l| l > limit as u64) {
+        return Err(too_large());
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         // to_bytes reports an exceeded limit through a length-limit error in its source chain.
         let msg = e.to_string();
         if msg.contains("length limit") {
-            too_large("more than")
+            too_large()
         } else {
             Failure::new(ErrorClass::BadRequest, format!("read request body: {msg}"))
         }
@@ -316,12 +322,18 @@ mod tests {
         };
         assert_eq!(
             tenant_from_headers(&h(&[("x-scope", "a"), ("thanos-tenant", "b")]), &opts),
-            "a"
+            Ok("a".to_string())
         );
         assert_eq!(
             tenant_from_headers(&h(&[("thanos-tenant", "b")]), &opts),
-            "b"
+            Ok("b".to_string())
         );
-        assert_eq!(tenant_from_headers(&h(&[]), &opts), "default-tenant");
+        assert_eq!(
+            tenant_from_headers(&h(&[]), &opts),
+            Ok("default-tenant".to_string())
+        );
+        let mut bad = HeaderMap::new();
+        bad.insert("thanos-tenant", HeaderValue::from_bytes(b"t\xff").unwrap());
+        assert!(tenant_from_headers(&bad, &opts).is_err());
     }
 }
