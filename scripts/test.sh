@@ -24,7 +24,7 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 
 echo "== unit, property and end-to-end tests"
-cargo nextest run --all-targets --no-fail-fast --failure-output final
+cargo nextest run --lib --bins --tests --no-fail-fast --failure-output final
 
 echo "== benchmark smoke run (each benchmark once)"
 cargo test --benches --quiet
