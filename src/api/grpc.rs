@@ -65,6 +65,32 @@ fn matchers(ms: &[pb::LabelMatcher]) -> Result<Vec<Matcher>, Status> {
         .collect()
 }
 
+/// Runs store or ingest work on the blocking pool: it takes tenant locks and copies chunks.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| status(ErrorClass::Internal, format!("{what} task failed: {e}")))
+}
+
+fn label_query(
+    start: i64,
+    end: i64,
+    ms: &[pb::LabelMatcher],
+    without_replica_labels: Vec<String>,
+    limit: i64,
+) -> Result<LabelQuery, Status> {
+    Ok(LabelQuery {
+        start,
+        end,
+        matchers: matchers(ms)?,
+        without_replica_labels,
+        limit: usize::try_from(limit).unwrap_or(0),
+    })
+}
+
 fn aborts(disabled: bool, strategy: i32) -> bool {
     disabled || strategy == pb::PartialResponseStrategy::Abort as i32
 }
@@ -178,9 +204,8 @@ impl store_server::Store for GrpcState {
             abort_on_error: aborts(r.partial_response_disabled, r.partial_response_strategy),
         };
         let batch = usize::try_from(r.response_batch_size).unwrap_or(0);
-        let result = tokio::task::spawn_blocking(move || store::series(ingest.tsdb(), &q))
-            .await
-            .map_err(|e| status(ErrorClass::Internal, format!("series task failed: {e}")))?
+        let result = blocking("series", move || store::series(ingest.tsdb(), &q))
+            .await?
             .map_err(|e| status(e.class(), e.to_string()))?;
         let mut frames: Vec<pb::SeriesResponse> = result
             .warnings
@@ -218,21 +243,14 @@ impl store_server::Store for GrpcState {
     ) -> Result<Response<pb::LabelNamesResponse>, Status> {
         let ingest = self.ingest()?.clone();
         let r = req.into_inner();
-        let q = LabelQuery {
-            start: r.start,
-            end: r.end,
-            matchers: matchers(&r.matchers)?,
-            without_replica_labels: r.without_replica_labels,
-            limit: usize::try_from(r.limit).unwrap_or(0),
-        };
-        let names = tokio::task::spawn_blocking(move || store::label_names(ingest.tsdb(), &q))
-            .await
-            .map_err(|e| {
-                status(
-                    ErrorClass::Internal,
-                    format!("label names task failed: {e}"),
-                )
-            })?;
+        let q = label_query(
+            r.start,
+            r.end,
+            &r.matchers,
+            r.without_replica_labels,
+            r.limit,
+        )?;
+        let names = blocking("label names", move || store::label_names(ingest.tsdb(), &q)).await?;
         Ok(Response::new(pb::LabelNamesResponse {
             names,
             ..Default::default()
@@ -245,24 +263,19 @@ impl store_server::Store for GrpcState {
     ) -> Result<Response<pb::LabelValuesResponse>, Status> {
         let ingest = self.ingest()?.clone();
         let r = req.into_inner();
-        let q = LabelQuery {
-            start: r.start,
-            end: r.end,
-            matchers: matchers(&r.matchers)?,
-            without_replica_labels: r.without_replica_labels,
-            limit: usize::try_from(r.limit).unwrap_or(0),
-        };
+        let q = label_query(
+            r.start,
+            r.end,
+            &r.matchers,
+            r.without_replica_labels,
+            r.limit,
+        )?;
         let label = r.label;
-        let values =
-            tokio::task::spawn_blocking(move || store::label_values(ingest.tsdb(), &label, &q))
-                .await
-                .map_err(|e| {
-                    status(
-                        ErrorClass::Internal,
-                        format!("label values task failed: {e}"),
-                    )
-                })?
-                .map_err(|e| status(e.class(), e.to_string()))?;
+        let values = blocking("label values", move || {
+            store::label_values(ingest.tsdb(), &label, &q)
+        })
+        .await?
+        .map_err(|e| status(e.class(), e.to_string()))?;
         Ok(Response::new(pb::LabelValuesResponse {
             values,
             ..Default::default()
@@ -289,7 +302,7 @@ impl writeable_store_server::WriteableStore for GrpcState {
         if parts.is_empty() {
             parts.push((r.tenant, r.timeseries));
         }
-        tokio::task::spawn_blocking(move || {
+        blocking("write", move || {
             for (tenant, series) in parts {
                 let tenant = if tenant.is_empty() {
                     default_tenant.clone()
@@ -304,8 +317,7 @@ impl writeable_store_server::WriteableStore for GrpcState {
             }
             Ok::<_, Status>(())
         })
-        .await
-        .map_err(|e| status(ErrorClass::Internal, format!("write task failed: {e}")))??;
+        .await??;
         Ok(Response::new(pb::WriteResponse {}))
     }
 }
