@@ -202,6 +202,24 @@ async fn run(
         tracing::info!(tenants = db.tenants().len(), duration = ?started.elapsed(), "tsdb ready, accepting writes");
     }
 
+    let compactor = tsdb.clone().map(|db| {
+        let (every, rx) = (cfg.compaction_interval, rx.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped(rx.clone()) => return,
+                }
+                let db = db.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || db.compact_all()).await {
+                    tracing::error!(error = %e, "compaction task failed");
+                }
+            }
+        })
+    });
+
     stopped(rx).await;
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     set_status(false);
@@ -222,6 +240,10 @@ async fn run(
             ?grace,
             "grace period over; closing with requests still in flight"
         );
+    }
+    if let Some(c) = compactor {
+        // A block being written finishes first; the WAL must not close under it.
+        let _ = c.await;
     }
     if let Some(db) = tsdb {
         tokio::task::spawn_blocking(move || db.close())

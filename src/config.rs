@@ -112,7 +112,7 @@ pub struct ReceiveArgs {
     #[arg(long = "tsdb.path", env = "WHARF_TSDB_PATH", default_value = "./data")]
     pub tsdb_path: PathBuf,
     /// External label name="value" for every tenant (repeatable). Default: receive_replica="<hostname>".
-    #[arg(long = "label", env = "WHARF_LABEL", value_delimiter = ',')]
+    #[arg(long = "label", env = "WHARF_LABEL")]
     pub labels: Vec<String>,
     /// HTTP header that names the tenant of a write.
     #[arg(
@@ -176,6 +176,21 @@ pub struct ReceiveArgs {
     /// When the WAL is fsynced: os (default, survives process kills) or always (survives power loss).
     #[arg(long = "tsdb.wal-sync", env = "WHARF_TSDB_WAL_SYNC", value_enum, default_value_t = WalSyncArg::Os)]
     pub wal_sync: WalSyncArg,
+    /// Object storage configuration file (Thanos objstore YAML). Uploading is not implemented
+    /// yet: when set, blocks are kept locally and retention deletes none of them.
+    #[arg(long = "objstore.config-file", env = "WHARF_OBJSTORE_CONFIG_FILE")]
+    pub objstore_config_file: Option<PathBuf>,
+    /// Object storage configuration as inline YAML (same caveat as --objstore.config-file).
+    #[arg(long = "objstore.config", env = "WHARF_OBJSTORE_CONFIG")]
+    pub objstore_config: Option<String>,
+    /// How often each tenant's head is checked for a block to cut and retention is applied.
+    #[arg(
+        long = "tsdb.compaction-interval",
+        env = "WHARF_TSDB_COMPACTION_INTERVAL",
+        default_value = "1m",
+        hide = true
+    )]
+    pub compaction_interval: String,
     /// WAL segment size in bytes (a multiple of 32 KiB).
     #[arg(long = "tsdb.wal-segment-size", env = "WHARF_TSDB_WAL_SEGMENT_SIZE", default_value_t = 128 << 20, hide = true)]
     pub wal_segment_size: u64,
@@ -240,8 +255,6 @@ const NOT_YET: &[(&str, Effect)] = &[
     ("remote-write.client-tls-skip-verify", Effect::Warn),
     ("remote-write.client-server-name", Effect::Warn),
     ("remote-write.client-tls-min-version", Effect::Warn),
-    ("objstore.config", Effect::Warn),
-    ("objstore.config-file", Effect::Warn),
     (
         "receive.hashrings-file",
         Effect::Refuse("series would be stored here instead of routed by the hashring"),
@@ -422,6 +435,9 @@ pub struct ReceiveConfig {
     pub decode: crate::remote_write::Options,
     /// Set when no --label was given and a default replica label was added.
     pub defaulted_label: Option<String>,
+    pub compaction_interval: Duration,
+    /// An objstore flag was given (uploads are not implemented yet).
+    pub objstore_configured: bool,
 }
 
 impl ReceiveArgs {
@@ -441,7 +457,17 @@ impl ReceiveArgs {
                 reason: "must be positive".into(),
             });
         }
-        parse_duration("tsdb.retention", &self.retention)?;
+        let retention = parse_duration("tsdb.retention", &self.retention)?;
+        let compaction_interval =
+            parse_duration("tsdb.compaction-interval", &self.compaction_interval)?;
+        if compaction_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                flag: "tsdb.compaction-interval",
+                reason: "must be positive".into(),
+            });
+        }
+        let objstore_configured =
+            self.objstore_config_file.is_some() || self.objstore_config.is_some();
         if !parse_duration("tsdb.out-of-order.time-window", &self.ooo_window)?.is_zero() {
             return Err(ConfigError::Unsupported {
                 flag: "tsdb.out-of-order.time-window".into(),
@@ -497,6 +523,8 @@ impl ReceiveArgs {
             external_labels,
             tenant_label: self.tenant_label,
             default_tenant,
+            retention_ms: i64::try_from(retention.as_millis()).unwrap_or(i64::MAX),
+            keep_blocks: objstore_configured,
         };
         multitsdb.validate().map_err(|e| ConfigError::Invalid {
             flag: "tsdb.*",
@@ -511,6 +539,8 @@ impl ReceiveArgs {
             tenant_header: self.tenant_header,
             decode: crate::remote_write::Options::default(),
             defaulted_label,
+            compaction_interval,
+            objstore_configured,
         })
     }
 }
@@ -550,9 +580,11 @@ mod tests {
 
     #[test]
     fn unimplemented_flags_warn_or_refuse() {
-        let (_, w) =
+        let (c, w) =
             receive(&["--objstore.config-file", "bucket.yml", "--tsdb.no-lockfile"]).unwrap();
-        assert_eq!(w.len(), 2);
+        assert_eq!(w.len(), 1);
+        assert!(c.objstore_configured && c.multitsdb.keep_blocks);
+        assert_eq!(c.multitsdb.retention_ms, 15 * 24 * 3600 * 1000);
         assert!(receive(&["--receive.hashrings-file", "h.json"])
             .unwrap_err()
             .contains("hashring"));

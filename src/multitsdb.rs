@@ -50,6 +50,11 @@ pub struct Options {
     pub tenant_label: String,
     /// `--receive.default-tenant-id`, whose directory exists from the start.
     pub default_tenant: TenantId,
+    /// `--tsdb.retention` in ms; 0 keeps blocks forever.
+    pub retention_ms: i64,
+    /// Object storage is configured: blocks may not be deleted before they are uploaded, and
+    /// uploading does not exist yet, so retention deletes nothing.
+    pub keep_blocks: bool,
 }
 
 impl Options {
@@ -161,6 +166,10 @@ impl MultiTsdb {
             db,
         });
         update_head_metrics(tenant, &entry.db.snapshot());
+        metrics()
+            .blocks_loaded
+            .get_or_create(&tl)
+            .set(entry.db.num_blocks() as i64);
         tenants.insert(tenant.clone(), entry.clone());
         Ok(entry)
     }
@@ -211,6 +220,54 @@ impl MultiTsdb {
         Ok(res)
     }
 
+    /// Cuts due blocks and applies retention for every tenant; one log line per block. Blocking.
+    pub fn compact_all(&self) {
+        let m = metrics();
+        for t in self.tenants() {
+            let tl = telemetry::tenant(t.tenant.as_str());
+            match t.db.compact(&t.external_labels) {
+                Ok(done) => {
+                    for c in done {
+                        m.head_truncations.get_or_create(&tl).inc();
+                        let Some(meta) = c.meta else {
+                            tracing::info!(tenant = %t.tenant, min_time = c.min_time, max_time = c.max_time, "head range had no samples; no block cut");
+                            continue;
+                        };
+                        m.compactions.get_or_create(&tl).inc();
+                        m.compaction_duration
+                            .get_or_create(&tl)
+                            .observe(c.duration.as_secs_f64());
+                        tracing::info!(tenant = %t.tenant, ulid = %meta.ulid, min_time = meta.min_time, max_time = meta.max_time,
+                            series = meta.stats.num_series, samples = meta.stats.num_samples, chunks = meta.stats.num_chunks,
+                            bytes = block_bytes(&t.db.dir().join(&meta.ulid)), duration = ?c.duration, "block cut from head");
+                    }
+                }
+                Err(e) => {
+                    m.compactions_failed.get_or_create(&tl).inc();
+                    tracing::error!(tenant = %t.tenant, error = %e, "head compaction failed");
+                }
+            }
+            match t
+                .db
+                .apply_retention(self.opts.retention_ms, self.opts.keep_blocks)
+            {
+                Ok(deleted) => {
+                    for ulid in deleted {
+                        m.blocks_deleted.get_or_create(&tl).inc();
+                        tracing::info!(tenant = %t.tenant, %ulid, "block deleted by retention");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(tenant = %t.tenant, error = %e, "applying retention failed")
+                }
+            }
+            m.blocks_loaded
+                .get_or_create(&tl)
+                .set(t.db.num_blocks() as i64);
+            update_head_metrics(&t.tenant, &t.db.snapshot());
+        }
+    }
+
     /// Every open tenant, in tenant order.
     pub fn tenants(&self) -> Vec<Arc<TenantDb>> {
         self.tenants.read().values().cloned().collect()
@@ -226,6 +283,23 @@ impl MultiTsdb {
             }
         }
     }
+}
+
+/// Total size of a block directory's files, for the log line.
+fn block_bytes(dir: &std::path::Path) -> u64 {
+    let files = ["index", "meta.json", "tombstones"]
+        .iter()
+        .map(|f| dir.join(f));
+    let chunks = std::fs::read_dir(dir.join("chunks"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    files
+        .chain(chunks)
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn update_head_metrics(tenant: &TenantId, h: &HeadSnapshot) {

@@ -103,7 +103,18 @@ pub fn series(db: &MultiTsdb, q: &SeriesQuery) -> Result<SeriesResult, StoreErro
             out.warnings.push(msg);
             continue;
         }
-        for (labels, chunks) in t.db.select(&rest, q.min_time, q.max_time, q.skip_chunks) {
+        let selected = match t.db.select(&rest, q.min_time, q.max_time, q.skip_chunks) {
+            Ok(s) => s,
+            Err(e) => {
+                let msg = format!("tenant {}: {e}", t.tenant);
+                if q.abort_on_error {
+                    return Err(StoreError::Aborted(msg));
+                }
+                out.warnings.push(msg);
+                continue;
+            }
+        };
+        for (labels, chunks) in selected {
             let labels = labels.merged(&t.external_labels, &q.without_replica_labels);
             if q.shard
                 .as_ref()
@@ -130,56 +141,79 @@ pub struct LabelQuery {
     pub limit: usize,
 }
 
-fn finish(mut v: Vec<String>, limit: usize) -> Vec<String> {
-    v.sort_unstable();
-    v.dedup();
-    if limit > 0 {
-        v.truncate(limit);
-    }
-    v
+/// Sorted, distinct names or values, and a warning per tenant that could not answer.
+#[derive(Debug, Default)]
+pub struct LabelResult {
+    pub values: Vec<String>,
+    pub warnings: Vec<String>,
 }
 
-pub fn label_names(db: &MultiTsdb, q: &LabelQuery) -> Vec<String> {
-    let mut names = Vec::new();
+impl LabelResult {
+    fn finish(mut self, limit: usize) -> Self {
+        self.values.sort_unstable();
+        self.values.dedup();
+        if limit > 0 {
+            self.values.truncate(limit);
+        }
+        self
+    }
+}
+
+pub fn label_names(db: &MultiTsdb, q: &LabelQuery) -> LabelResult {
+    let mut out = LabelResult::default();
     for t in db.tenants() {
         let Some(rest) = tenant_matchers(&t, &q.matchers) else {
             continue;
         };
-        let found = t.db.label_names(&rest, q.start, q.end);
+        let found = match t.db.label_names(&rest, q.start, q.end) {
+            Ok(f) => f,
+            Err(e) => {
+                out.warnings.push(format!("tenant {}: {e}", t.tenant));
+                continue;
+            }
+        };
         if found.is_empty() {
             continue;
         }
-        names.extend(found);
+        out.values.extend(found);
         let ext = t
             .external_labels
             .iter()
             .filter(|l| !q.without_replica_labels.contains(&l.name));
-        names.extend(ext.map(|l| l.name.clone()));
+        out.values.extend(ext.map(|l| l.name.clone()));
     }
-    finish(names, q.limit)
+    out.finish(q.limit)
 }
 
-pub fn label_values(db: &MultiTsdb, name: &str, q: &LabelQuery) -> Result<Vec<String>, StoreError> {
+pub fn label_values(db: &MultiTsdb, name: &str, q: &LabelQuery) -> Result<LabelResult, StoreError> {
     if name.is_empty() {
         return Err(StoreError::EmptyLabelName);
     }
+    let mut out = LabelResult::default();
     if q.without_replica_labels.iter().any(|w| w == name) {
-        return Ok(Vec::new());
+        return Ok(out);
     }
-    let mut values = Vec::new();
     for t in db.tenants() {
         let Some(rest) = tenant_matchers(&t, &q.matchers) else {
             continue;
         };
-        if let Some(v) = t.external_labels.get(name) {
-            if rest.is_empty() || !t.db.select(&rest, q.start, q.end, true).is_empty() {
-                values.push(v.to_string());
-            }
-            continue;
+        let found = match t.external_labels.get(name) {
+            Some(v) if rest.is_empty() => Ok(vec![v.to_string()]),
+            Some(v) => t.db.select(&rest, q.start, q.end, true).map(|s| {
+                if s.is_empty() {
+                    vec![]
+                } else {
+                    vec![v.to_string()]
+                }
+            }),
+            None => t.db.label_values(name, &rest, q.start, q.end),
+        };
+        match found {
+            Ok(f) => out.values.extend(f),
+            Err(e) => out.warnings.push(format!("tenant {}: {e}", t.tenant)),
         }
-        values.extend(t.db.label_values(name, &rest, q.start, q.end));
     }
-    Ok(finish(values, q.limit))
+    Ok(out.finish(q.limit))
 }
 
 /// What Info announces: one label set and time range per tenant.

@@ -66,10 +66,20 @@ pub struct Metrics {
     pub wal_segment_current: Family<Tenant, Gauge>,
     pub replay_duration: Family<Tenant, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub status: Family<Check, Gauge>,
+    pub compactions: Family<Tenant, Counter>,
+    pub compactions_failed: Family<Tenant, Counter>,
+    pub compaction_duration: HistFamily<Tenant>,
+    pub blocks_loaded: Family<Tenant, Gauge>,
+    pub head_truncations: Family<Tenant, Counter>,
+    pub blocks_deleted: Family<Tenant, Counter>,
 }
 
 fn duration_hist() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+fn compaction_hist() -> Histogram {
+    Histogram::new(exponential_buckets(0.1, 2.0, 12))
 }
 
 fn count_hist() -> Histogram {
@@ -98,6 +108,12 @@ impl Metrics {
             wal_segment_current: Family::default(),
             replay_duration: Family::default(),
             status: Family::default(),
+            compactions: Family::default(),
+            compactions_failed: Family::default(),
+            compaction_duration: Family::new_with_constructor(compaction_hist),
+            blocks_loaded: Family::default(),
+            head_truncations: Family::default(),
+            blocks_deleted: Family::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters itself.
@@ -190,6 +206,36 @@ impl Metrics {
             "thanos_status",
             "Probe state: 1 when the check passes",
             m.status.clone(),
+        );
+        r.register(
+            "prometheus_tsdb_compactions",
+            "Blocks cut from the head",
+            m.compactions.clone(),
+        );
+        r.register(
+            "prometheus_tsdb_compactions_failed",
+            "Failed head compactions",
+            m.compactions_failed.clone(),
+        );
+        r.register(
+            "prometheus_tsdb_compaction_duration_seconds",
+            "Time to cut one block from the head",
+            m.compaction_duration.clone(),
+        );
+        r.register(
+            "prometheus_tsdb_blocks_loaded",
+            "Local blocks",
+            m.blocks_loaded.clone(),
+        );
+        r.register(
+            "prometheus_tsdb_head_truncations",
+            "Head truncations after a block was cut",
+            m.head_truncations.clone(),
+        );
+        r.register(
+            "prometheus_tsdb_time_retentions",
+            "Blocks deleted by time retention",
+            m.blocks_deleted.clone(),
         );
         Self { registry: r, ..m }
     }

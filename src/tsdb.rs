@@ -4,6 +4,7 @@
 //! with `WalSync::Always`) before they are applied to memory and before the caller acknowledges
 //! them; replay at open rebuilds the head from the WAL before the tenant serves anything.
 
+pub mod block;
 pub mod chunkenc;
 pub mod head;
 pub mod wal;
@@ -12,10 +13,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use hashbrown::HashMap;
+use std::sync::Arc;
+
 use parking_lot::Mutex;
 
 use crate::model::{Labels, Matcher};
 use crate::remote_write::WriteBatch;
+use block::Block;
 pub use head::{ChunkData, HeadOptions, SampleRejection};
 use head::{Head, SeriesId};
 use wal::record::{self, RefSample};
@@ -34,6 +38,13 @@ pub enum TsdbError {
     },
     #[error("invalid tsdb options: {0}")]
     Config(String),
+    #[error("block: {0}")]
+    Block(#[from] block::BlockError),
+    #[error("delete block {dir}: {source}")]
+    DeleteBlock {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Options of one tenant TSDB.
@@ -95,6 +106,80 @@ pub struct HeadSnapshot {
     pub wal_segment: u32,
 }
 
+/// Crash-test hook: aborts the process (as `kill -9` would stop it) when `WHARF_FAILPOINT`
+/// names this point, so tests can stop compaction between two durable steps.
+fn failpoint(name: &str) {
+    static POINT: std::sync::LazyLock<Option<String>> =
+        std::sync::LazyLock::new(|| std::env::var("WHARF_FAILPOINT").ok());
+    if POINT.as_deref() == Some(name) {
+        tracing::warn!(failpoint = name, "aborting at failpoint");
+        std::process::abort();
+    }
+}
+
+/// One pass of [`Tsdb::compact`]: the block written (None when the range held no samples).
+#[derive(Debug, Clone)]
+pub struct CompactedBlock {
+    pub meta: Option<block::BlockMeta>,
+    pub min_time: i64,
+    pub max_time: i64,
+    pub duration: std::time::Duration,
+}
+
+/// Writes a snapshot as a block: series sorted by label set, symbols sorted and unique.
+fn write_block(
+    parent: &Path,
+    snapshot: head::BlockSnapshot,
+    mint: i64,
+    maxt: i64,
+    external_labels: &Labels,
+) -> Result<block::BlockMeta, TsdbError> {
+    let head::BlockSnapshot {
+        symbols,
+        mut series,
+    } = snapshot;
+    let resolve = |id: u32| -> &str { symbols.get(id as usize).map_or("", |s| s) };
+    series.sort_by(|a, b| {
+        crate::model::compare_label_sets(
+            a.0.iter()
+                .map(|&(n, v)| (resolve(n).as_bytes(), resolve(v).as_bytes())),
+            b.0.iter()
+                .map(|&(n, v)| (resolve(n).as_bytes(), resolve(v).as_bytes())),
+        )
+    });
+    let mut used: Vec<&str> = series
+        .iter()
+        .flat_map(|(l, _)| l.iter().flat_map(|&(n, v)| [resolve(n), resolve(v)]))
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    let mut w = block::BlockWriter::create(parent, ulid::Ulid::new(), used)?;
+    let mut labels: Vec<(&str, &str)> = Vec::new();
+    let mut chunks: Vec<block::ChunkMeta<'_>> = Vec::new();
+    for (l, cs) in &series {
+        labels.clear();
+        labels.extend(l.iter().map(|&(n, v)| (resolve(n), resolve(v))));
+        chunks.clear();
+        chunks.extend(cs.iter().map(|c| block::ChunkMeta {
+            min_t: c.min_t,
+            max_t: c.max_t,
+            data: &c.data,
+        }));
+        w.add_series(&labels, &chunks)?;
+    }
+    failpoint("before-block-finish");
+    let thanos = block::ThanosMeta {
+        labels: external_labels
+            .iter()
+            .map(|l| (l.name.clone(), l.value.clone()))
+            .collect(),
+        downsample: block::Downsample { resolution: 0 },
+        source: "receive".into(),
+        ..Default::default()
+    };
+    Ok(w.finish(mint, maxt, Some(thanos))?)
+}
+
 /// What opening a TSDB found in its WAL.
 #[derive(Debug, Clone)]
 pub struct OpenStats {
@@ -108,6 +193,8 @@ pub struct OpenStats {
 #[derive(Debug)]
 struct Inner {
     head: Head,
+    /// Local blocks, oldest first.
+    blocks: Vec<Arc<Block>>,
     wal: Option<wal::Wal>,
     series_rec: Vec<u8>,
     samples_rec: Vec<u8>,
@@ -132,6 +219,7 @@ impl Inner {
 #[derive(Debug)]
 pub struct Tsdb {
     dir: PathBuf,
+    opts: TsdbOptions,
     inner: Mutex<Inner>,
 }
 
@@ -143,8 +231,19 @@ impl Tsdb {
             dir: dir.to_path_buf(),
             source,
         })?;
+        // A crash while writing or deleting a block leaves only a tmp dir: never a half block.
+        block::remove_tmp_dirs(dir)?;
+        let blocks: Vec<Arc<Block>> = block::list_blocks(dir)?
+            .iter()
+            .map(|d| Block::open(d).map(Arc::new))
+            .collect::<Result<_, _>>()?;
         let wal_dir = dir.join("wal");
         let mut head = Head::new(opts.head.clone());
+        // Samples the blocks already hold are skipped at replay (the WAL may still have them if
+        // the process died between writing a block and checkpointing the WAL).
+        if let Some(max) = blocks.iter().map(|b| b.meta().max_time).max() {
+            head.set_floor(max);
+        }
         let mut refs: HashMap<u64, SeriesId> = HashMap::new();
         let (mut samples, mut unknown_refs) = (0u64, 0u64);
         let mut sample_buf = Vec::new();
@@ -187,6 +286,7 @@ impl Tsdb {
         };
         let inner = Inner {
             head,
+            blocks,
             wal: Some(wal),
             series_rec: Vec::new(),
             samples_rec: Vec::new(),
@@ -198,6 +298,7 @@ impl Tsdb {
         Ok((
             Self {
                 dir: dir.to_path_buf(),
+                opts: opts.clone(),
                 inner: Mutex::new(inner),
             },
             stats,
@@ -291,21 +392,67 @@ impl Tsdb {
         Ok(res)
     }
 
+    /// Blocks overlapping `[mint, maxt]` and a lock-free view of them.
+    fn blocks_in(&self, mint: i64, maxt: i64) -> Vec<Arc<Block>> {
+        let inner = self.inner.lock();
+        inner
+            .blocks
+            .iter()
+            .filter(|b| b.meta().min_time <= maxt && b.meta().max_time > mint)
+            .cloned()
+            .collect()
+    }
+
+    /// Series from blocks and head, each label set once with its chunks in time order.
     pub fn select(
         &self,
         matchers: &[Matcher],
         mint: i64,
         maxt: i64,
         skip_chunks: bool,
-    ) -> Vec<(Labels, Vec<ChunkData>)> {
-        self.inner
+    ) -> Result<Vec<(Labels, Vec<ChunkData>)>, TsdbError> {
+        let blocks = self.blocks_in(mint, maxt);
+        let head = self
+            .inner
             .lock()
             .head
-            .select(matchers, mint, maxt, skip_chunks)
+            .select(matchers, mint, maxt, skip_chunks);
+        if blocks.is_empty() {
+            return Ok(head);
+        }
+        let mut all = Vec::new();
+        for b in &blocks {
+            all.extend(b.select(matchers, mint, maxt, skip_chunks)?);
+        }
+        all.extend(head);
+        // Stable sort keeps block order (oldest first) and then the head for equal labels.
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<(Labels, Vec<ChunkData>)> = Vec::with_capacity(all.len());
+        for (labels, chunks) in all {
+            match out.last_mut() {
+                Some((l, c)) if *l == labels => c.extend(chunks),
+                _ => out.push((labels, chunks)),
+            }
+        }
+        for (_, chunks) in &mut out {
+            chunks.sort_by_key(|c| c.min_t);
+        }
+        Ok(out)
     }
 
-    pub fn label_names(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<String> {
-        self.inner.lock().head.label_names(matchers, start, end)
+    pub fn label_names(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<String>, TsdbError> {
+        let mut names = self.inner.lock().head.label_names(matchers, start, end);
+        for b in self.blocks_in(start, end) {
+            names.extend(b.label_names(matchers)?);
+        }
+        names.sort_unstable();
+        names.dedup();
+        Ok(names)
     }
 
     pub fn label_values(
@@ -314,16 +461,148 @@ impl Tsdb {
         matchers: &[Matcher],
         start: i64,
         end: i64,
-    ) -> Vec<String> {
-        self.inner
+    ) -> Result<Vec<String>, TsdbError> {
+        let mut values = self
+            .inner
             .lock()
             .head
-            .label_values(name, matchers, start, end)
+            .label_values(name, matchers, start, end);
+        for b in self.blocks_in(start, end) {
+            values.extend(b.label_values(name, matchers)?);
+        }
+        values.sort_unstable();
+        values.dedup();
+        Ok(values)
     }
 
-    /// (min, max) sample time, or None when empty.
+    /// (min, max) sample time over blocks and head, or None when empty.
     pub fn time_range(&self) -> Option<(i64, i64)> {
-        self.inner.lock().head.time_range()
+        let inner = self.inner.lock();
+        let blocks = inner
+            .blocks
+            .iter()
+            .map(|b| (b.meta().min_time, b.meta().max_time - 1));
+        blocks
+            .chain(inner.head.time_range())
+            .reduce(|(a, b), (c, d)| (a.min(c), b.max(d)))
+    }
+
+    /// Number of local blocks.
+    pub fn num_blocks(&self) -> usize {
+        self.inner.lock().blocks.len()
+    }
+
+    /// Cuts the head's oldest block range into a block if the head spans more than 1.5 ranges,
+    /// as Prometheus does, then truncates the head and checkpoints the WAL. Returns the blocks
+    /// written (an empty range writes none). Blocking; ingest continues while the block is
+    /// written, since only the snapshot and the truncation take the lock.
+    ///
+    /// Durability order: block written in a tmp dir, fsynced, renamed (block::BlockWriter);
+    /// then the head drops the range; then the WAL is checkpointed. A crash before the
+    /// checkpoint replays samples the block already has, and replay skips them (head floor).
+    pub fn compact(&self, external_labels: &Labels) -> Result<Vec<CompactedBlock>, TsdbError> {
+        let mut out = Vec::new();
+        loop {
+            let start = Instant::now();
+            let (snapshot, mint, maxt) = {
+                let inner = self.inner.lock();
+                if !inner.head.needs_compaction() {
+                    break;
+                }
+                let Some((mint, maxt)) = inner.head.first_block_range() else {
+                    break;
+                };
+                (inner.head.block_snapshot(mint, maxt), mint, maxt)
+            };
+            let written = if snapshot.series.is_empty() {
+                None
+            } else {
+                Some(write_block(
+                    &self.dir,
+                    snapshot,
+                    mint,
+                    maxt,
+                    external_labels,
+                )?)
+            };
+            failpoint("after-block-write");
+            let opened = written
+                .as_ref()
+                .map(|m| Block::open(&self.dir.join(&m.ulid)))
+                .transpose()?;
+            let (kept, upto) = {
+                let mut inner = self.inner.lock();
+                if let Some(b) = opened {
+                    inner.blocks.push(Arc::new(b));
+                }
+                let kept = inner.head.truncate(maxt);
+                let upto = match inner.wal.as_mut() {
+                    Some(w) => Some(w.cut_segment()?),
+                    None => None,
+                };
+                (kept, upto)
+            };
+            failpoint("before-wal-checkpoint");
+            if let Some(upto) = upto {
+                wal::checkpoint(
+                    &self.dir.join("wal"),
+                    upto,
+                    |r| kept.binary_search(&r).is_ok(),
+                    maxt,
+                    &self.opts.wal,
+                )?;
+            }
+            out.push(CompactedBlock {
+                meta: written,
+                min_time: mint,
+                max_time: maxt,
+                duration: start.elapsed(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes local blocks that end more than `retention` ms before the newest data, unless
+    /// `keep_all` (blocks may not be uploaded yet). Returns the deleted blocks' ULIDs. Blocking.
+    pub fn apply_retention(
+        &self,
+        retention: i64,
+        keep_all: bool,
+    ) -> Result<Vec<String>, TsdbError> {
+        if keep_all || retention <= 0 {
+            return Ok(Vec::new());
+        }
+        let doomed: Vec<Arc<Block>> = {
+            let mut inner = self.inner.lock();
+            let newest = inner.head.time_range().map(|(_, hi)| hi).into_iter();
+            let newest = newest
+                .chain(inner.blocks.iter().map(|b| b.meta().max_time))
+                .max();
+            let Some(cutoff) = newest.map(|n| n.saturating_sub(retention)) else {
+                return Ok(Vec::new());
+            };
+            let (gone, kept): (Vec<_>, Vec<_>) = inner
+                .blocks
+                .drain(..)
+                .partition(|b| b.meta().max_time <= cutoff);
+            inner.blocks = kept;
+            gone
+        };
+        let mut deleted = Vec::new();
+        for b in doomed {
+            // Rename first so a crash mid-delete leaves a tmp dir that open() removes.
+            let tmp = b.dir().with_extension("tmp-for-deletion");
+            std::fs::rename(b.dir(), &tmp).map_err(|source| TsdbError::DeleteBlock {
+                dir: b.dir().to_path_buf(),
+                source,
+            })?;
+            std::fs::remove_dir_all(&tmp).map_err(|source| TsdbError::DeleteBlock {
+                dir: tmp.clone(),
+                source,
+            })?;
+            deleted.push(b.meta().ulid.clone());
+        }
+        Ok(deleted)
     }
 
     pub fn snapshot(&self) -> HeadSnapshot {

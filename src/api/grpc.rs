@@ -250,10 +250,11 @@ impl store_server::Store for GrpcState {
             r.without_replica_labels,
             r.limit,
         )?;
-        let names = blocking("label names", move || store::label_names(ingest.tsdb(), &q)).await?;
+        let r = blocking("label names", move || store::label_names(ingest.tsdb(), &q)).await?;
         Ok(Response::new(pb::LabelNamesResponse {
-            names,
-            ..Default::default()
+            names: r.values,
+            warnings: r.warnings,
+            hints: None,
         }))
     }
 
@@ -271,14 +272,15 @@ impl store_server::Store for GrpcState {
             r.limit,
         )?;
         let label = r.label;
-        let values = blocking("label values", move || {
+        let r = blocking("label values", move || {
             store::label_values(ingest.tsdb(), &label, &q)
         })
         .await?
         .map_err(|e| status(e.class(), e.to_string()))?;
         Ok(Response::new(pb::LabelValuesResponse {
-            values,
-            ..Default::default()
+            values: r.values,
+            warnings: r.warnings,
+            hints: None,
         }))
     }
 }

@@ -5,6 +5,8 @@
 //! re-derives hashes from the series itself. Appends follow Prometheus's rules and its chunk
 //! cutting (tsdb/head_append.go), so chunks look like the ones Prometheus would have cut.
 
+use std::sync::Arc;
+
 use hashbrown::{HashMap, HashTable};
 
 use super::chunkenc::XorAppender;
@@ -57,7 +59,8 @@ pub struct ChunkData {
 struct ClosedChunk {
     min_t: i64,
     max_t: i64,
-    data: Box<[u8]>,
+    /// Shared so that a block can be written from a snapshot without holding the head's lock.
+    data: Arc<[u8]>,
 }
 
 #[derive(Debug)]
@@ -101,7 +104,7 @@ impl MemSeries {
                 self.closed.push(ClosedChunk {
                     min_t: c.min_t,
                     max_t: c.max_t,
-                    data: c.app.into_bytes().into_boxed_slice(),
+                    data: Arc::from(c.app.into_bytes()),
                 });
             }
             self.open = Some(OpenChunk {
@@ -171,7 +174,7 @@ fn compute_chunk_end_time(start: i64, cur: i64, max: i64, ratio_to_full: i64) ->
 /// 32-bit hash beside each id so that growing it never re-hashes the strings.
 #[derive(Debug, Default)]
 struct Symbols {
-    strings: Vec<Box<str>>,
+    strings: Vec<Arc<str>>,
     lookup: HashTable<(u32, u32)>,
 }
 
@@ -236,11 +239,31 @@ fn labels_hash<'a>(
     fold(xxhash_rust::xxh3::xxh3_64(scratch))
 }
 
+/// One chunk of a [`BlockSnapshot`].
+#[derive(Debug, Clone)]
+pub struct SnapshotChunk {
+    pub min_t: i64,
+    pub max_t: i64,
+    pub data: Arc<[u8]>,
+}
+
+/// What a block needs from the head, detached from its lock: label ids into `symbols` and
+/// chunks, per series, in head order (not yet sorted by labels).
+#[derive(Debug, Default)]
+pub struct BlockSnapshot {
+    pub symbols: Vec<Arc<str>>,
+    pub series: Vec<SnapshotSeries>,
+}
+
+/// A series' (name, value) symbol ids and its chunks inside the block range.
+pub type SnapshotSeries = (Box<[(u32, u32)]>, Vec<SnapshotChunk>);
+
 /// Counters a head keeps for metrics.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct HeadStats {
     pub series: u64,
     pub chunks_created: u64,
+    pub chunks_removed: u64,
     pub samples_appended: u64,
 }
 
@@ -258,6 +281,8 @@ pub struct Head {
     next_ref: u64,
     min_t: i64,
     max_t: i64,
+    /// Everything older is in blocks: appends below it are out of bounds, replay skips it.
+    floor: i64,
     stats: HeadStats,
 }
 
@@ -274,6 +299,7 @@ impl Head {
             next_ref: 1,
             min_t: i64::MAX,
             max_t: i64::MIN,
+            floor: i64::MIN,
             stats: HeadStats::default(),
         }
     }
@@ -297,10 +323,29 @@ impl Head {
     /// Oldest timestamp an append may carry: half a chunk range behind the newest sample.
     pub fn min_valid_time(&self) -> i64 {
         if self.max_t == i64::MIN {
-            i64::MIN
+            self.floor
         } else {
-            self.max_t.saturating_sub(self.opts.chunk_range / 2)
+            self.max_t
+                .saturating_sub(self.opts.chunk_range / 2)
+                .max(self.floor)
         }
+    }
+
+    /// Sets the time below which data lives in blocks (from blocks found at open).
+    pub fn set_floor(&mut self, t: i64) {
+        self.floor = self.floor.max(t);
+    }
+
+    /// Whether the head spans more than 1.5 block ranges, when Prometheus cuts a block.
+    pub fn needs_compaction(&self) -> bool {
+        self.time_range()
+            .is_some_and(|(lo, hi)| hi - lo > self.opts.chunk_range / 2 * 3)
+    }
+
+    /// The block range holding the head's oldest sample: `[min_t, aligned end)`.
+    pub fn first_block_range(&self) -> Option<(i64, i64)> {
+        self.time_range()
+            .map(|(lo, _)| (lo, range_end(lo, self.opts.chunk_range)))
     }
 
     fn find(&self, hash: u32, labels: &[(&str, &str)]) -> Option<SeriesId> {
@@ -431,10 +476,105 @@ impl Head {
 
     /// Appends a replayed sample, silently skipping what is not newer (a replay never conflicts).
     pub fn replay_sample(&mut self, id: SeriesId, t: i64, v: f64) {
-        if self.last_sample(id).is_some_and(|(lt, _)| t <= lt) {
+        if t < self.floor || self.last_sample(id).is_some_and(|(lt, _)| t <= lt) {
             return;
         }
         self.append(id, t, v);
+    }
+
+    /// Copies out, without chunk bytes, what a block of `[mint, maxt)` needs: the symbol table
+    /// and each series' label ids and shared chunks. Cheap enough to do under the tenant lock.
+    pub fn block_snapshot(&self, mint: i64, maxt: i64) -> BlockSnapshot {
+        let mut series = Vec::new();
+        for s in &self.series {
+            let mut chunks: Vec<SnapshotChunk> = s
+                .closed
+                .iter()
+                .filter(|c| c.min_t >= mint && c.max_t < maxt)
+                .map(|c| SnapshotChunk {
+                    min_t: c.min_t,
+                    max_t: c.max_t,
+                    data: c.data.clone(),
+                })
+                .collect();
+            // A series that went quiet keeps its last chunk open; it belongs to the block too.
+            if let Some(c) = s
+                .open
+                .as_ref()
+                .filter(|c| c.min_t >= mint && c.max_t < maxt)
+            {
+                chunks.push(SnapshotChunk {
+                    min_t: c.min_t,
+                    max_t: c.max_t,
+                    data: Arc::from(c.app.bytes()),
+                });
+            }
+            if !chunks.is_empty() {
+                series.push((s.labels.clone(), chunks));
+            }
+        }
+        BlockSnapshot {
+            symbols: self.symbols.strings.clone(),
+            series,
+        }
+    }
+
+    /// Drops every chunk that ends before `mint` and every series left without chunks, then
+    /// rebuilds ids, symbols, postings and the lookup table from what remains. Returns the WAL
+    /// references of the series still in the head, sorted, for the WAL checkpoint.
+    pub fn truncate(&mut self, mint: i64) -> Vec<u64> {
+        self.set_floor(mint);
+        let old = std::mem::take(&mut self.series);
+        let old_symbols = std::mem::take(&mut self.symbols);
+        self.by_hash = HashTable::new();
+        self.postings = HashMap::new();
+        self.values_by_name = HashMap::new();
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+        let mut kept_refs = Vec::new();
+        for mut s in old {
+            let before = s.closed.len() + usize::from(s.open.is_some());
+            s.closed.retain(|c| c.max_t >= mint);
+            if s.open.as_ref().is_some_and(|c| c.max_t < mint) {
+                s.open = None;
+            }
+            self.stats.chunks_removed +=
+                (before - s.closed.len() - usize::from(s.open.is_some())) as u64;
+            let (first, last) = match (s.closed.first(), &s.open) {
+                (Some(c), _) => (
+                    c.min_t,
+                    s.open
+                        .as_ref()
+                        .map_or(s.closed.last().map_or(c.max_t, |l| l.max_t), |o| o.max_t),
+                ),
+                (None, Some(o)) => (o.min_t, o.max_t),
+                (None, None) => continue,
+            };
+            lo = lo.min(first);
+            hi = hi.max(last);
+            let pairs: Vec<(&str, &str)> = s
+                .labels
+                .iter()
+                .map(|&(n, v)| (old_symbols.resolve(n), old_symbols.resolve(v)))
+                .collect();
+            let hash = labels_hash(&mut self.hash_scratch, pairs.iter().copied());
+            let id = self.insert(hash, &pairs, s.series_ref);
+            let new = &mut self.series[id as usize];
+            kept_refs.push(s.series_ref);
+            new.closed = s.closed;
+            new.open = s.open;
+            new.next_at = s.next_at;
+            new.last_t = s.last_t;
+            new.last_v = s.last_v;
+            new.logged = s.logged;
+        }
+        self.min_t = lo;
+        self.max_t = if hi == i64::MIN { self.max_t } else { hi };
+        if lo == i64::MAX {
+            // Empty head: keep max_t so the lower append bound does not reset.
+            self.min_t = i64::MAX;
+        }
+        kept_refs.sort_unstable();
+        kept_refs
     }
 
     fn labels_of(&self, id: SeriesId) -> Labels {
@@ -709,6 +849,73 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(h.find(ha, &[("a", "2")]), Some(b));
         assert_eq!(h.find(ha, &[("a", "1")]), Some(a));
+    }
+
+    #[test]
+    fn snapshot_and_truncate_split_the_head_at_a_block_boundary() {
+        let range = HeadOptions::default().chunk_range;
+        let mut h = Head::new(HeadOptions::default());
+        let (old, _) = h.get_or_create(&[("s", "old")]);
+        let (live, _) = h.get_or_create(&[("s", "live")]);
+        let old_ref = h.series_ref(old);
+        let live_ref = h.series_ref(live);
+        for i in 0..240 {
+            h.append(old, i * 15_000, 1.0);
+        }
+        // 480 samples at 15 s fill one 2h range; the live series spans three.
+        for i in 0..(3 * 480) {
+            h.append(live, i * 15_000, 2.0);
+        }
+        assert!(h.needs_compaction());
+        assert_eq!(h.first_block_range(), Some((0, range)));
+        let snap = h.block_snapshot(0, range);
+        assert_eq!(snap.series.len(), 2);
+        let counts: Vec<usize> = snap
+            .series
+            .iter()
+            .map(|(_, chunks)| {
+                assert!(chunks.iter().all(|c| c.min_t >= 0 && c.max_t < range));
+                chunks
+                    .iter()
+                    .map(|c| decode_xor(&c.data).unwrap().len())
+                    .sum()
+            })
+            .collect();
+        assert_eq!(
+            counts,
+            vec![240, 480],
+            "every sample of the first range is in the snapshot"
+        );
+        let kept = h.truncate(range);
+        assert_eq!(
+            kept,
+            vec![live_ref],
+            "the series with only old data is gone"
+        );
+        assert_eq!(h.num_series(), 1);
+        let res = h.select(
+            &[Matcher::new(crate::model::MatchType::Equal, "s", "live").unwrap()],
+            i64::MIN,
+            i64::MAX,
+            false,
+        );
+        let got: Vec<(i64, f64)> = res[0]
+            .1
+            .iter()
+            .flat_map(|c| decode_xor(&c.data).unwrap())
+            .collect();
+        assert_eq!(got.len(), 2 * 480);
+        assert!(got.iter().all(|&(t, _)| t >= range));
+        assert!(
+            Head::check(None, h.min_valid_time(), range - 1, 1.0).is_err(),
+            "below the floor is out of bounds"
+        );
+        let (again, _) = h.get_or_create(&[("s", "old")]);
+        assert_ne!(
+            h.series_ref(again),
+            old_ref,
+            "a returning series gets a fresh WAL reference"
+        );
     }
 
     #[test]

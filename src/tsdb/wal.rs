@@ -5,8 +5,10 @@
 //! [`Wal`] appends opaque records to numbered segment files, [`replay`] reads them back (the
 //! newest checkpoint first, then the segments after it) and cuts off a torn tail, and
 //! [`record`] encodes and decodes the series (type 1) and samples (type 2) records that Wharf
-//! puts into it. Writing checkpoints is not done here yet; the reader already follows their
-//! layout, and [`Wal::open`] never reuses an index a checkpoint covers.
+//! puts into it. Once the head has been truncated, [`Wal::cut_segment`] and [`checkpoint`] fold
+//! the segments up to the cut into `checkpoint.NNNNNNNN/` (only live series and recent samples)
+//! and delete what it replaces, as upstream's `Head.truncateWAL` does; [`Wal::open`] never
+//! reuses an index a checkpoint covers.
 //!
 //! # Format
 //! Spec: Prometheus `tsdb/docs/format/wal.md`, `tsdb/wlog/wlog.go`, `tsdb/wlog/reader.go`,
@@ -34,6 +36,8 @@
 //! - A failed `log` may still have persisted a prefix of its records (never a partial record).
 //! - [`replay`] must run before [`Wal::open`]: open does not read records, and a torn record left
 //!   in place would, at the next replay, make everything written after it be discarded.
+//! - A checkpoint is renamed into place and the directory fsynced before anything it replaces
+//!   is deleted, so a crash during [`checkpoint`] replays to the same state (see there).
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -290,7 +294,7 @@ pub fn replay<E>(
         let cp_segments = list_dir(&cp_dir)?.unwrap_or_default().segments;
         check_sequential(&cp_dir, &cp_segments)?;
         for &seg in &cp_segments {
-            if let Scan::Broken { offset, reason } =
+            if let Scan::Broken { offset, reason, .. } =
                 scanner.scan(&segment_path(&cp_dir, seg), seg, &mut on_record, &mut stats)?
             {
                 let reason = format!("in {}: {reason}", checkpoint_name(cp));
@@ -329,7 +333,7 @@ pub fn replay<E>(
 
     for (i, &seg) in segments.iter().enumerate() {
         let path = segment_path(dir, seg);
-        if let Scan::Broken { offset, reason } =
+        if let Scan::Broken { offset, reason, .. } =
             scanner.scan(&path, seg, &mut on_record, &mut stats)?
         {
             let segments_removed = cut_tail(dir, &path, offset, &segments[i + 1..])?;
@@ -375,7 +379,13 @@ fn cut_tail(dir: &Path, path: &Path, offset: u64, later: &[u32]) -> Result<u32, 
 
 enum Scan {
     Clean,
-    Broken { offset: u64, reason: String },
+    Broken {
+        offset: u64,
+        reason: String,
+        /// The segment ran out of bytes inside the record (a torn tail), rather than holding
+        /// bytes that are wrong. [`checkpoint`] tolerates only this kind.
+        cut_short: bool,
+    },
 }
 
 /// Buffers reused across all segments of a replay, so that steady-state reading allocates only
@@ -431,7 +441,19 @@ impl Scanner {
         let mut pending: Option<Pending> = None;
         let broken = |stats: &mut ReplayStats, offset: u64, reason: String| {
             stats.bytes += offset;
-            Ok(Scan::Broken { offset, reason })
+            Ok(Scan::Broken {
+                offset,
+                reason,
+                cut_short: false,
+            })
+        };
+        let cut_short = |stats: &mut ReplayStats, offset: u64, reason: String| {
+            stats.bytes += offset;
+            Ok(Scan::Broken {
+                offset,
+                reason,
+                cut_short: true,
+            })
         };
         loop {
             let n = read_full(&mut file, &mut self.page)
@@ -466,7 +488,7 @@ impl Scanner {
                     );
                 }
                 if n - p < HEADER_SIZE {
-                    return broken(
+                    return cut_short(
                         stats,
                         at,
                         "fragment header cut short by the end of the segment".into(),
@@ -483,7 +505,7 @@ impl Scanner {
                     );
                 }
                 if end > n {
-                    return broken(
+                    return cut_short(
                         stats,
                         at,
                         format!("fragment of {len} bytes cut short by the end of the segment"),
@@ -578,7 +600,7 @@ impl Scanner {
             }
         }
         if let Some(r) = pending {
-            return broken(
+            return cut_short(
                 stats,
                 r.start,
                 "record cut short: the segment ends before its last fragment".into(),
@@ -905,10 +927,445 @@ impl Wal {
         self.writer.index
     }
 
+    /// Finishes the current segment as a size-triggered cut does (last page zero-filled,
+    /// fsynced) and starts the next one, even when the current segment is empty, as upstream's
+    /// `WL.NextSegment` does. Returns the index of the finished segment: everything logged
+    /// before the call is in segments up to it, so it is the highest index [`checkpoint`] may
+    /// be given. If creating the next segment fails, writing goes on in the current one.
+    pub fn cut_segment(&mut self) -> Result<u32, WalError> {
+        self.writer.ensure_usable()?;
+        let closed = self.writer.index;
+        self.writer.cut()?;
+        Ok(closed)
+    }
+
     /// Bytes handed to the OS since open, padding included.
     pub fn bytes_written(&self) -> u64 {
         self.writer.total_written
     }
+}
+
+/// What [`checkpoint`] did.
+#[derive(Debug, Default, Clone)]
+pub struct CheckpointStats {
+    /// WAL segments read into the checkpoint; the previous checkpoint's files are not counted.
+    /// Zero when `checkpoint.<upto>` already existed and only the clean-up was done.
+    pub segments_folded: u32,
+    /// Series (not records) written to, respectively left out of, the new checkpoint.
+    pub series_kept: u64,
+    pub series_dropped: u64,
+    pub samples_kept: u64,
+    pub samples_dropped: u64,
+    pub duration: std::time::Duration,
+}
+
+const CHECKPOINT_TMP_SUFFIX: &str = ".tmp";
+
+/// Filtered records are handed to the checkpoint's writer in batches of about this size, as
+/// upstream does (v2.42 `tsdb/wlog/checkpoint.go` line 293).
+const CHECKPOINT_BATCH_BYTES: usize = 1 << 20;
+
+/// Writes a checkpoint of the WAL in `dir` up to and including segment `upto`, then drops the
+/// segments and checkpoints it replaces; for a WAL that a [`Wal`] keeps writing (segments
+/// after `upto` only, see [`Wal::cut_segment`]).
+///
+/// The previous checkpoint (if any) and segments up to and including `upto` are folded into
+/// `checkpoint.<upto>`: a series is kept when `keep_series(ref)` is true, a sample when its
+/// `t >= min_time` and its series is kept; tombstones, empty records and unknown record types
+/// are dropped. Records keep their order; one that loses all its entries is left out.
+///
+/// # Crash safety
+/// Order: leftover `checkpoint.*.tmp` directories are removed; `checkpoint.<upto>.tmp/` is
+/// written (same segment format, `opts.compression` and `opts.segment_size`), its files and the
+/// directory fsynced, renamed to `checkpoint.<upto>`, and `dir` fsynced; only then are segments
+/// `<= upto` deleted, then checkpoints older than `upto`, then `dir` fsynced again. A crash at
+/// any point replays to the same state: a `.tmp` directory is ignored by [`replay`] and
+/// [`Wal::open`]; segments `<= upto` left over after the rename are skipped by [`replay`]; an
+/// older checkpoint left over is shadowed by the newer one. Leftovers go at the next call.
+///
+/// # Concurrency
+/// Reads only the previous checkpoint and segments `<= upto`, and never opens the live segment,
+/// so it may run on another thread while the directory's [`Wal`] writes. Calls for the same
+/// directory must not overlap each other (each removes the `.tmp` directories it finds).
+///
+/// # Errors
+/// - [`WalError::Layout`] when `upto` is not older than the newest segment (the one a [`Wal`]
+///   is writing), when a newer checkpoint exists, or when a segment in the range is missing.
+/// - [`WalError::Corrupt`] for any break in the previous checkpoint, and for a break in a
+///   segment that is not a torn tail. A torn tail (the segment ends inside a record) is
+///   tolerated as [`replay`] tolerates it: the records before it are folded, the torn record
+///   is not, and a warning is logged. Nothing is ever truncated or repaired here.
+/// - [`WalError::Record`] for a series or samples record that does not decode.
+///
+/// On error the `.tmp` directory is removed and the WAL is left as it was. After the rename,
+/// failures to delete segments or checkpoints are only logged, as upstream does (v2.42
+/// `tsdb/head.go` lines 1164-1169 and 1182-1188): the leftovers are harmless and go next time.
+///
+/// Calling it again for an `upto` that already has its checkpoint only redoes the clean-up.
+pub fn checkpoint(
+    dir: &Path,
+    upto: u32,
+    keep_series: impl Fn(u64) -> bool,
+    min_time: i64,
+    opts: &WalOptions,
+) -> Result<CheckpointStats, WalError> {
+    let start = std::time::Instant::now();
+    opts.validate()?;
+    let layout = |reason: String| WalError::Layout {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    let listing =
+        list_dir(dir)?.ok_or_else(|| layout("cannot checkpoint: no such directory".into()))?;
+    match listing.segments.last() {
+        Some(&newest) if newest > upto => {}
+        newest => {
+            let newest = newest.map_or_else(|| "none".to_string(), |n| format!("{n:08}"));
+            return Err(layout(format!(
+                "cannot checkpoint up to segment {upto:08}: only segments before the newest \
+                 (the one being written, here {newest}) can be checkpointed"
+            )));
+        }
+    }
+    if let Some(prev) = listing.checkpoint.filter(|&c| c > upto) {
+        return Err(layout(format!(
+            "cannot checkpoint up to segment {upto:08}: {} is newer",
+            checkpoint_name(prev)
+        )));
+    }
+    let redone = listing.checkpoint == Some(upto);
+    let mut range = Vec::new();
+    if !redone {
+        // Upstream's rule (v2.42 `tsdb/wlog/checkpoint.go` lines 108-119): with a checkpoint,
+        // start right after it and ignore older segments; without one, at the first segment.
+        let from = match listing.checkpoint {
+            Some(cp) => cp + 1,
+            None => listing.segments[0],
+        };
+        range = listing
+            .segments
+            .iter()
+            .copied()
+            .filter(|&s| s >= from && s <= upto)
+            .collect();
+        let complete = from <= upto
+            && range.first() == Some(&from)
+            && range.len() as u64 == u64::from(upto - from) + 1;
+        if !complete {
+            let after = listing
+                .checkpoint
+                .map_or_else(|| "the first segment".to_string(), checkpoint_name);
+            return Err(layout(format!(
+                "cannot checkpoint up to segment {upto:08}: segments {from:08} (after {after}) \
+                 to {upto:08} are not all present"
+            )));
+        }
+    }
+    // Upstream removes every unfinished checkpoint, whatever its index (`tsdb/wlog/checkpoint.go`
+    // at HEAD, `DeleteTempCheckpoints` and `isTempDir`; v2.42 only removed the one for `to`).
+    let entries = checkpoint_entries(dir)?;
+    for (name, entry) in &entries {
+        if *entry == CheckpointEntry::Tmp {
+            remove_all(&dir.join(name))?;
+        }
+    }
+
+    let mut stats = CheckpointStats::default();
+    if redone {
+        // An earlier call may have renamed it and then failed to fsync the directory: make the
+        // name durable before deleting what it replaces.
+        sync_dir(dir)?;
+    } else {
+        let tmp = dir.join(format!("{}{CHECKPOINT_TMP_SUFFIX}", checkpoint_name(upto)));
+        let filter = Filter {
+            keep_series,
+            min_time,
+        };
+        let written = write_checkpoint(
+            dir,
+            &tmp,
+            listing.checkpoint,
+            &range,
+            filter,
+            &mut stats,
+            opts,
+        )
+        .and_then(|()| {
+            let target = dir.join(checkpoint_name(upto));
+            fs::rename(&tmp, &target)
+                .map_err(|e| io_error(e, "rename checkpoint directory to", &target))?;
+            sync_dir(dir)
+        });
+        if let Err(e) = written {
+            // After a failed rename or directory fsync the segments are all still there, so
+            // whichever name the directory ends up with, replay gives the same records.
+            if let Err(re) = remove_all(&tmp) {
+                tracing::warn!(dir = %tmp.display(), error = %re, "could not remove unfinished WAL checkpoint");
+            }
+            return Err(e);
+        }
+        stats.segments_folded = range.len() as u32;
+    }
+
+    // The checkpoint is durable: what it replaces can go. Segments first, as upstream does.
+    let mut removed_segments = 0u32;
+    let mut removed_checkpoints = 0u32;
+    let mut cleanup_failed = false;
+    for &seg in listing.segments.iter().filter(|&&s| s <= upto) {
+        let path = segment_path(dir, seg);
+        match fs::remove_file(&path) {
+            Ok(()) => removed_segments += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                cleanup_failed = true;
+                tracing::error!(segment = %path.display(), error = %e, "could not delete a WAL segment covered by a checkpoint; retried at the next checkpoint");
+            }
+        }
+    }
+    for (name, entry) in &entries {
+        if let CheckpointEntry::Done(i) = *entry {
+            if i < upto {
+                let path = dir.join(name);
+                match remove_all(&path) {
+                    Ok(()) => removed_checkpoints += 1,
+                    Err(e) => {
+                        cleanup_failed = true;
+                        tracing::error!(error = %e, "could not delete an old WAL checkpoint; retried at the next checkpoint");
+                    }
+                }
+            }
+        }
+    }
+    if removed_segments + removed_checkpoints > 0 || cleanup_failed {
+        if let Err(e) = sync_dir(dir) {
+            tracing::error!(error = %e, "could not fsync the WAL directory after deleting checkpointed files");
+        }
+    }
+
+    stats.duration = start.elapsed();
+    tracing::info!(
+        dir = %dir.display(),
+        upto,
+        reused_existing = redone,
+        segments_folded = stats.segments_folded,
+        series_kept = stats.series_kept,
+        series_dropped = stats.series_dropped,
+        samples_kept = stats.samples_kept,
+        samples_dropped = stats.samples_dropped,
+        segments_deleted = removed_segments,
+        checkpoints_deleted = removed_checkpoints,
+        duration = ?stats.duration,
+        "WAL checkpoint complete"
+    );
+    Ok(stats)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckpointEntry {
+    /// `checkpoint.<N>.tmp`, an unfinished checkpoint (upstream: `isTempDir`, any `N`).
+    Tmp,
+    /// A finished checkpoint directory.
+    Done(u32),
+}
+
+/// The `checkpoint.*` entries of `dir` that [`checkpoint`] creates or removes.
+fn checkpoint_entries(dir: &Path) -> Result<Vec<(String, CheckpointEntry)>, WalError> {
+    let entries = fs::read_dir(dir).map_err(|e| io_error(e, "list WAL directory", dir))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error(e, "list WAL directory", dir))?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let Some(rest) = name.strip_prefix(CHECKPOINT_PREFIX) else {
+            continue;
+        };
+        if rest.ends_with(CHECKPOINT_TMP_SUFFIX) {
+            out.push((name, CheckpointEntry::Tmp));
+        } else if let Some(i) = parse_index(rest) {
+            if entry.path().is_dir() {
+                out.push((name, CheckpointEntry::Done(i)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Removes a directory tree or a file; a missing path is not an error.
+fn remove_all(path: &Path) -> Result<(), WalError> {
+    let result = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match result {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(e, "remove", path)),
+        _ => Ok(()),
+    }
+}
+
+/// What a checkpoint keeps.
+struct Filter<K> {
+    keep_series: K,
+    min_time: i64,
+}
+
+/// Filters records into the checkpoint being written.
+struct Folder<'s, K> {
+    filter: Filter<K>,
+    wal: Wal,
+    batch: Vec<Vec<u8>>,
+    batch_bytes: usize,
+    samples: Vec<record::RefSample>,
+    stats: &'s mut CheckpointStats,
+}
+
+impl<K: Fn(u64) -> bool> Folder<'_, K> {
+    fn record(&mut self, rec: &[u8]) -> Result<(), WalError> {
+        let mut out = Vec::new();
+        match record::record_type(rec) {
+            Some(record::SERIES) => {
+                let mut series = Vec::new();
+                record::decode_series(rec, &mut series)?;
+                record::begin_series(&mut out);
+                let mut kept = 0u64;
+                for s in series
+                    .iter()
+                    .filter(|s| (self.filter.keep_series)(s.series_ref))
+                {
+                    let labels = s.labels.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
+                    record::push_series(&mut out, s.series_ref, labels);
+                    kept += 1;
+                }
+                self.stats.series_kept += kept;
+                self.stats.series_dropped += series.len() as u64 - kept;
+                if kept == 0 {
+                    return Ok(());
+                }
+            }
+            Some(record::SAMPLES) => {
+                record::decode_samples(rec, &mut self.samples)?;
+                let total = self.samples.len() as u64;
+                let Filter {
+                    keep_series,
+                    min_time,
+                } = &self.filter;
+                self.samples
+                    .retain(|s| s.t >= *min_time && keep_series(s.series_ref));
+                self.stats.samples_kept += self.samples.len() as u64;
+                self.stats.samples_dropped += total - self.samples.len() as u64;
+                record::encode_samples(&mut out, &self.samples);
+                if out.is_empty() {
+                    return Ok(());
+                }
+            }
+            // Tombstones (Wharf writes none), unknown types and empty records.
+            _ => return Ok(()),
+        }
+        self.batch_bytes += out.len();
+        self.batch.push(out);
+        if self.batch_bytes >= CHECKPOINT_BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), WalError> {
+        let recs: Vec<&[u8]> = self.batch.iter().map(Vec::as_slice).collect();
+        self.wal.log(&recs)?;
+        self.batch.clear();
+        self.batch_bytes = 0;
+        Ok(())
+    }
+}
+
+fn flatten(e: ReplayError<WalError>) -> WalError {
+    match e {
+        ReplayError::Wal(e) | ReplayError::Callback(e) => e,
+    }
+}
+
+/// Fills `tmp` with the filtered content of checkpoint `prev` and segments `range` of `dir`,
+/// fsyncs its files and the directory itself.
+fn write_checkpoint<K: Fn(u64) -> bool>(
+    dir: &Path,
+    tmp: &Path,
+    prev: Option<u32>,
+    range: &[u32],
+    filter: Filter<K>,
+    stats: &mut CheckpointStats,
+    opts: &WalOptions,
+) -> Result<(), WalError> {
+    // Upstream writes checkpoints with the WAL's compression setting; fsync happens at close,
+    // so per-write syncing would only slow this down.
+    let cp_opts = WalOptions {
+        segment_size: opts.segment_size,
+        compression: opts.compression,
+        sync: WalSync::Os,
+    };
+    let mut folder = Folder {
+        filter,
+        wal: Wal::open(tmp, cp_opts)?,
+        batch: Vec::new(),
+        batch_bytes: 0,
+        samples: Vec::new(),
+        stats,
+    };
+    let mut scanner = Scanner::new();
+    let mut read = ReplayStats::default();
+    if let Some(cp) = prev {
+        let cp_dir = dir.join(checkpoint_name(cp));
+        let segments = list_dir(&cp_dir)?.unwrap_or_default().segments;
+        check_sequential(&cp_dir, &segments)?;
+        for &seg in &segments {
+            let path = segment_path(&cp_dir, seg);
+            let scan = scanner
+                .scan(&path, seg, &mut |r: &[u8]| folder.record(r), &mut read)
+                .map_err(flatten)?;
+            if let Scan::Broken { offset, reason, .. } = scan {
+                return Err(WalError::Corrupt {
+                    segment: seg,
+                    offset,
+                    reason: format!("in {}: {reason}", checkpoint_name(cp)),
+                });
+            }
+        }
+    }
+    for &seg in range {
+        let path = segment_path(dir, seg);
+        let scan = scanner
+            .scan(&path, seg, &mut |r: &[u8]| folder.record(r), &mut read)
+            .map_err(flatten)?;
+        match scan {
+            Scan::Clean => {}
+            Scan::Broken {
+                offset,
+                reason,
+                cut_short: true,
+            } => {
+                tracing::warn!(
+                    segment = %path.display(),
+                    offset,
+                    reason = %reason,
+                    "WAL segment ends inside a record (torn tail); checkpointing the records before it and leaving the segment as it is"
+                );
+            }
+            Scan::Broken {
+                offset,
+                reason,
+                cut_short: false,
+            } => {
+                return Err(WalError::Corrupt {
+                    segment: seg,
+                    offset,
+                    reason: format!("while checkpointing {}: {reason}", dir.display()),
+                })
+            }
+        }
+    }
+    folder.flush()?;
+    folder.wal.close()?;
+    sync_dir(tmp)
 }
 
 /// Record encoding and decoding (`tsdb/record/record.go`): series (type 1) and samples
@@ -1841,14 +2298,44 @@ mod tests {
         }
     }
 
-    /// Prometheus itself (promtool 2.42, Debian's `prometheus` package) replays what we wrote.
-    #[test]
-    fn promtool_dump_reads_wharf_wal() {
+    /// Runs `promtool tsdb dump` on a TSDB directory; returns the samples per printed label set
+    /// and the raw output.
+    fn promtool_dump(tsdb_dir: &Path) -> (BTreeMap<String, Vec<(i64, f64)>>, String) {
         let promtool = Path::new("/usr/bin/promtool");
         assert!(
             promtool.exists(),
             "/usr/bin/promtool is missing; this compatibility test needs it: run `apt-get install -y prometheus`"
         );
+        let out = Command::new(promtool)
+            .arg("tsdb")
+            .arg("dump")
+            .arg(tsdb_dir)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "promtool failed: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut got: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
+        for line in stdout.lines() {
+            let mut parts = line.rsplitn(3, ' ');
+            let (ts, val, labels) = (
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+            );
+            got.entry(labels.to_string())
+                .or_default()
+                .push((ts.parse().unwrap(), parse_go_float(val)));
+        }
+        (got, stdout)
+    }
+
+    /// Prometheus itself (promtool 2.42, Debian's `prometheus` package) replays what we wrote.
+    #[test]
+    fn promtool_dump_reads_wharf_wal() {
         let tmp = tempfile::tempdir().unwrap();
         let wal_dir = tmp.path().join("wal");
         let mut wal = Wal::open(&wal_dir, opts(4, true)).unwrap();
@@ -1922,30 +2409,7 @@ mod tests {
         assert!(wal.current_segment() >= 1, "the test should span segments");
         wal.close().unwrap();
 
-        let out = Command::new(promtool)
-            .arg("tsdb")
-            .arg("dump")
-            .arg(tmp.path())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "promtool failed: {}\n{stdout}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut got: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
-        for line in stdout.lines() {
-            let mut parts = line.rsplitn(3, ' ');
-            let (ts, val, labels) = (
-                parts.next().unwrap(),
-                parts.next().unwrap(),
-                parts.next().unwrap(),
-            );
-            got.entry(labels.to_string())
-                .or_default()
-                .push((ts.parse().unwrap(), parse_go_float(val)));
-        }
+        let (got, stdout) = promtool_dump(tmp.path());
         let total: usize = expected.iter().map(Vec::len).sum();
         assert_eq!(
             got.values().map(Vec::len).sum::<usize>(),
@@ -1980,5 +2444,955 @@ mod tests {
                 );
             }
         }
+    }
+
+    // ----- Segment cuts and checkpoints -----
+
+    /// A record as the checkpoint tests see it.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Rec {
+        Series(Vec<u64>),
+        /// (ref, t, value bits)
+        Samples(Vec<(u64, i64, u64)>),
+        /// Any other record, kept as bytes: tombstones, unknown types, empty records.
+        Other(Vec<u8>),
+    }
+
+    fn series_labels(r: u64) -> [(String, String); 2] {
+        [
+            ("__name__".into(), "wharf_ckpt".into()),
+            ("series".into(), r.to_string()),
+        ]
+    }
+
+    fn sample_value(r: u64, t: i64) -> f64 {
+        r as f64 * 1000.0 + t as f64 / 4.0
+    }
+
+    fn encode(rec: &Rec) -> Vec<u8> {
+        let mut buf = Vec::new();
+        match rec {
+            Rec::Series(refs) => {
+                record::begin_series(&mut buf);
+                for &r in refs {
+                    let labels = series_labels(r);
+                    record::push_series(
+                        &mut buf,
+                        r,
+                        labels.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+                    );
+                }
+            }
+            Rec::Samples(s) => {
+                let s: Vec<RefSample> = s
+                    .iter()
+                    .map(|&(series_ref, t, v)| RefSample {
+                        series_ref,
+                        t,
+                        v: f64::from_bits(v),
+                    })
+                    .collect();
+                record::encode_samples(&mut buf, &s);
+            }
+            Rec::Other(b) => buf.clone_from(b),
+        }
+        buf
+    }
+
+    /// Decodes a record, checking that series labels came through intact.
+    fn decode(rec: &[u8]) -> Rec {
+        match record::record_type(rec) {
+            Some(record::SERIES) => {
+                let mut out = Vec::new();
+                record::decode_series(rec, &mut out).unwrap();
+                for s in &out {
+                    let want = series_labels(s.series_ref);
+                    let want: Vec<(&str, &str)> =
+                        want.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                    assert_eq!(s.labels, want);
+                }
+                Rec::Series(out.iter().map(|s| s.series_ref).collect())
+            }
+            Some(record::SAMPLES) => {
+                let mut out = Vec::new();
+                record::decode_samples(rec, &mut out).unwrap();
+                Rec::Samples(
+                    out.iter()
+                        .map(|s| (s.series_ref, s.t, s.v.to_bits()))
+                        .collect(),
+                )
+            }
+            _ => Rec::Other(rec.to_vec()),
+        }
+    }
+
+    /// Samples for every `t` of `ts` and every ref, `t` major.
+    fn samples(refs: &[u64], ts: impl Iterator<Item = i64>) -> Rec {
+        let mut out = Vec::new();
+        for t in ts {
+            for &r in refs {
+                out.push((r, t, sample_value(r, t).to_bits()));
+            }
+        }
+        Rec::Samples(out)
+    }
+
+    fn random_samples(n: usize, seed: u64) -> Rec {
+        let mut x = seed | 1;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.push((x % 6 + 1, ((x >> 8) % 1000) as i64, x >> 3));
+        }
+        Rec::Samples(out)
+    }
+
+    /// An 8 KiB record of an unknown type: makes segments fill up, and checkpoints drop it.
+    fn log_junk(wal: &mut Wal, model: &mut Model, seed: u64) {
+        let mut junk = make_record(8192, seed, false);
+        junk[0] = 200;
+        log_rec(wal, model, Rec::Other(junk));
+    }
+
+    fn replay_recs(dir: &Path) -> Vec<Rec> {
+        let (recs, stats) = read_all(dir);
+        assert!(stats.torn.is_none(), "{:?}", stats.torn);
+        recs.iter().map(|r| decode(r)).collect()
+    }
+
+    /// What replay must return, each record with where it is: `None` once folded into the
+    /// checkpoint, else its segment.
+    type Model = Vec<(Rec, Option<u32>)>;
+
+    /// Logs `rec` and notes the segment it went into (a record never spans segments, and a
+    /// size-triggered cut happens before the record is written).
+    fn log_rec(wal: &mut Wal, model: &mut Model, rec: Rec) {
+        log_one(wal, &encode(&rec));
+        model.push((rec, Some(wal.current_segment())));
+    }
+
+    /// Applies a checkpoint to the model; returns the expected [series kept, series dropped,
+    /// samples kept, samples dropped].
+    fn fold_model(
+        model: &mut Model,
+        upto: u32,
+        keep: &dyn Fn(u64) -> bool,
+        min_time: i64,
+    ) -> [u64; 4] {
+        let mut counts = [0u64; 4];
+        let mut out = Vec::new();
+        for (rec, seg) in model.drain(..) {
+            if matches!(seg, Some(s) if s > upto) {
+                out.push((rec, seg));
+                continue;
+            }
+            match rec {
+                Rec::Series(refs) => {
+                    let kept: Vec<u64> = refs.iter().copied().filter(|&r| keep(r)).collect();
+                    counts[0] += kept.len() as u64;
+                    counts[1] += (refs.len() - kept.len()) as u64;
+                    if !kept.is_empty() {
+                        out.push((Rec::Series(kept), None));
+                    }
+                }
+                Rec::Samples(s) => {
+                    let kept: Vec<_> = s
+                        .iter()
+                        .copied()
+                        .filter(|&(r, t, _)| t >= min_time && keep(r))
+                        .collect();
+                    counts[2] += kept.len() as u64;
+                    counts[3] += (s.len() - kept.len()) as u64;
+                    if !kept.is_empty() {
+                        out.push((Rec::Samples(kept), None));
+                    }
+                }
+                Rec::Other(_) => {}
+            }
+        }
+        *model = out;
+        counts
+    }
+
+    fn model_recs(model: &Model) -> Vec<Rec> {
+        model.iter().map(|m| m.0.clone()).collect()
+    }
+
+    fn stats_counts(s: &CheckpointStats) -> [u64; 4] {
+        [
+            s.series_kept,
+            s.series_dropped,
+            s.samples_kept,
+            s.samples_dropped,
+        ]
+    }
+
+    /// Segment indices and the names of all `checkpoint.*` entries, sorted.
+    fn wal_layout(dir: &Path) -> (Vec<u32>, Vec<String>) {
+        let segments = list_dir(dir).unwrap().unwrap_or_default().segments;
+        let mut checkpoints: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(CHECKPOINT_PREFIX))
+            .collect();
+        checkpoints.sort();
+        (segments, checkpoints)
+    }
+
+    /// Every file under `dir` (one level of subdirectories) with its bytes.
+    fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                for f in fs::read_dir(&p).unwrap() {
+                    let f = f.unwrap().path();
+                    out.insert(f.clone(), fs::read(&f).unwrap());
+                }
+            } else {
+                out.insert(p.clone(), fs::read(&p).unwrap());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn cut_segment_finishes_the_segment_and_starts_the_next() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let mut wal = Wal::open(&dir, opts(4, false)).unwrap();
+        log_one(&mut wal, &make_record(100, 1, false));
+        assert_eq!(wal.cut_segment().unwrap(), 0);
+        assert_eq!(wal.current_segment(), 1);
+        assert_eq!(segment_files(&dir), vec![(0, PAGE_SIZE_U64), (1, 0)]);
+        // An empty segment is cut too, as upstream's NextSegment does.
+        assert_eq!(wal.cut_segment().unwrap(), 1);
+        assert_eq!(
+            segment_files(&dir),
+            vec![(0, PAGE_SIZE_U64), (1, 0), (2, 0)]
+        );
+        log_one(&mut wal, b"after");
+        wal.close().unwrap();
+        let (got, stats) = read_all(&dir);
+        assert_eq!(got, vec![make_record(100, 1, false), b"after".to_vec()]);
+        assert_eq!(stats.segments, 3);
+
+        let mut wal = Wal::open(&dir, opts(4, false)).unwrap();
+        wal.writer.failed = Some("injected".into());
+        assert!(matches!(wal.cut_segment(), Err(WalError::Failed(_))));
+        assert_eq!(wal.current_segment(), 3);
+    }
+
+    /// Series A, B, C with samples over t = 0..1000; keep A and C from t = 500.
+    #[test]
+    fn checkpoint_keeps_live_series_and_recent_samples() {
+        for compression in [false, true] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("wal");
+            let o = opts(1, compression);
+            let mut wal = Wal::open(&dir, o.clone()).unwrap();
+            let mut model = Model::new();
+            let (a, b, c) = (1u64, 2u64, 3u64);
+            log_rec(&mut wal, &mut model, Rec::Series(vec![a, b, c]));
+            for start in (0..1000).step_by(50) {
+                log_rec(&mut wal, &mut model, samples(&[a, b, c], start..start + 50));
+                log_junk(&mut wal, &mut model, start as u64);
+            }
+            log_rec(
+                &mut wal,
+                &mut model,
+                Rec::Other(vec![record::TOMBSTONES, 1, 2, 3]),
+            );
+            log_rec(&mut wal, &mut model, Rec::Other(vec![200, 9]));
+            log_rec(&mut wal, &mut model, Rec::Other(Vec::new()));
+            assert!(wal.current_segment() >= 3, "the data should span segments");
+            let upto = wal.cut_segment().unwrap();
+            assert_eq!(wal.current_segment(), upto + 1);
+            log_rec(&mut wal, &mut model, Rec::Series(vec![4]));
+            log_rec(&mut wal, &mut model, samples(&[a, b, 4], 1000..1010));
+            let before = model_recs(&model);
+            assert_eq!(replay_recs(&dir), before);
+
+            let keep = |r: u64| r == a || r == c;
+            let stats = checkpoint(&dir, upto, keep, 500, &o).unwrap();
+            let want = fold_model(&mut model, upto, &keep, 500);
+            assert_eq!(want, [2, 1, 1000, 2000]);
+            assert_eq!(stats_counts(&stats), want);
+            assert_eq!(stats.segments_folded, upto + 1);
+            let got = replay_recs(&dir);
+            assert_eq!(got, model_recs(&model));
+            // Spelled out: series A and C, exactly their samples from t = 500, then the records
+            // logged after the cut, untouched.
+            assert_eq!(got[0], Rec::Series(vec![a, c]));
+            let mut kept = Vec::new();
+            for r in &got[1..got.len() - 2] {
+                // Only samples records: tombstones and unknown records were dropped.
+                match r {
+                    Rec::Samples(s) => kept.extend_from_slice(s),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert_eq!(Rec::Samples(kept), samples(&[a, c], 500..1000));
+            assert_eq!(got[got.len() - 2..], before[before.len() - 2..]);
+            let (segs, cps) = wal_layout(&dir);
+            assert_eq!(segs, vec![upto + 1]);
+            assert_eq!(cps, vec![checkpoint_name(upto)]);
+            let cp_segs = segment_files(&dir.join(checkpoint_name(upto)));
+            assert!(!cp_segs.is_empty() && cp_segs.iter().all(|s| s.1 % PAGE_SIZE_U64 == 0));
+
+            // Second round: the first checkpoint is folded in, then removed.
+            log_rec(&mut wal, &mut model, samples(&[a, c, 4], 1010..1020));
+            let upto2 = wal.cut_segment().unwrap();
+            let keep2 = |r: u64| r == a || r == 4;
+            let stats2 = checkpoint(&dir, upto2, keep2, 800, &o).unwrap();
+            assert_eq!(
+                stats_counts(&stats2),
+                fold_model(&mut model, upto2, &keep2, 800)
+            );
+            assert_eq!(stats2.segments_folded, upto2 - upto);
+            assert_eq!(
+                wal_layout(&dir),
+                (vec![upto2 + 1], vec![checkpoint_name(upto2)])
+            );
+            assert_eq!(replay_recs(&dir), model_recs(&model));
+
+            // A restart continues after the checkpoint.
+            log_rec(&mut wal, &mut model, samples(&[4], 1020..1021));
+            wal.close().unwrap();
+            assert_eq!(replay_recs(&dir), model_recs(&model));
+            let mut wal = Wal::open(&dir, o.clone()).unwrap();
+            assert_eq!(wal.current_segment(), upto2 + 2);
+            log_rec(&mut wal, &mut model, samples(&[a], 1021..1022));
+            wal.close().unwrap();
+            assert_eq!(replay_recs(&dir), model_recs(&model));
+        }
+    }
+
+    /// Crash while a checkpoint was being written: its `.tmp` directory is ignored by replay
+    /// and open, and removed by the next checkpoint.
+    #[test]
+    fn leftover_tmp_checkpoint_is_ignored_and_then_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let o = opts(1, true);
+        let mut wal = Wal::open(&dir, o.clone()).unwrap();
+        let mut model = Model::new();
+        log_rec(&mut wal, &mut model, Rec::Series(vec![1, 2]));
+        for start in (0..400).step_by(100) {
+            log_rec(&mut wal, &mut model, samples(&[1, 2], start..start + 100));
+            log_junk(&mut wal, &mut model, start as u64);
+        }
+        let upto = wal.cut_segment().unwrap();
+        assert!(upto >= 1);
+        log_rec(&mut wal, &mut model, samples(&[1, 2], 400..410));
+        let garbage = |name: String| {
+            let d = dir.join(name);
+            fs::create_dir_all(&d).unwrap();
+            fs::write(segment_path(&d, 0), make_record(70_000, 3, false)).unwrap();
+            fs::write(d.join("junk"), b"junk").unwrap();
+        };
+        garbage(format!("{}.tmp", checkpoint_name(upto)));
+        garbage("checkpoint.00000099.tmp".into());
+        fs::write(
+            dir.join("checkpoint.00000050.tmp"),
+            b"a file, not a directory",
+        )
+        .unwrap();
+        assert_eq!(replay_recs(&dir), model_recs(&model));
+
+        let keep = |r: u64| r == 2;
+        let stats = checkpoint(&dir, upto, keep, 200, &o).unwrap();
+        assert_eq!(
+            stats_counts(&stats),
+            fold_model(&mut model, upto, &keep, 200)
+        );
+        assert_eq!(
+            wal_layout(&dir),
+            (vec![upto + 1], vec![checkpoint_name(upto)])
+        );
+        assert_eq!(replay_recs(&dir), model_recs(&model));
+
+        // Debris of a later crashed checkpoint changes neither replay nor open.
+        wal.close().unwrap();
+        garbage(format!("{}.tmp", checkpoint_name(upto + 7)));
+        assert_eq!(replay_recs(&dir), model_recs(&model));
+        let mut wal = Wal::open(&dir, o.clone()).unwrap();
+        assert_eq!(wal.current_segment(), upto + 2);
+        log_rec(&mut wal, &mut model, samples(&[2], 410..411));
+        let upto2 = wal.cut_segment().unwrap();
+        checkpoint(&dir, upto2, keep, 0, &o).unwrap();
+        fold_model(&mut model, upto2, &keep, 0);
+        assert_eq!(
+            wal_layout(&dir),
+            (vec![upto2 + 1], vec![checkpoint_name(upto2)])
+        );
+        wal.close().unwrap();
+        assert_eq!(replay_recs(&dir), model_recs(&model));
+    }
+
+    /// Crash after the rename but before (or while) segments and the old checkpoint were
+    /// deleted: what is left behind does not change what replay returns.
+    #[test]
+    fn files_a_checkpoint_replaced_replay_the_same_when_left_behind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let o = opts(1, false);
+        let mut wal = Wal::open(&dir, o.clone()).unwrap();
+        let mut model = Model::new();
+        log_rec(&mut wal, &mut model, Rec::Series(vec![1, 2, 3]));
+        for start in (0..600).step_by(100) {
+            log_rec(
+                &mut wal,
+                &mut model,
+                samples(&[1, 2, 3], start..start + 100),
+            );
+            log_junk(&mut wal, &mut model, start as u64);
+        }
+        let upto = wal.cut_segment().unwrap();
+        assert!(upto >= 1);
+        log_rec(&mut wal, &mut model, samples(&[1, 3], 600..610));
+        let saved = snapshot(&dir);
+
+        let keep = |r: u64| r != 2;
+        checkpoint(&dir, upto, keep, 300, &o).unwrap();
+        fold_model(&mut model, upto, &keep, 300);
+        let want = model_recs(&model);
+        assert_eq!(replay_recs(&dir), want);
+        // Not deleted at all.
+        for (p, b) in saved
+            .iter()
+            .filter(|(p, _)| p.parent() == Some(dir.as_path()))
+        {
+            if !p.exists() {
+                fs::write(p, b).unwrap();
+            }
+        }
+        assert_eq!(wal_layout(&dir).0, (0..=upto + 1).collect::<Vec<_>>());
+        assert_eq!(replay_recs(&dir), want);
+        // Partly deleted.
+        fs::remove_file(segment_path(&dir, 0)).unwrap();
+        assert_eq!(replay_recs(&dir), want);
+
+        // Next round; then its old checkpoint and segments come back, as after a crash.
+        log_rec(&mut wal, &mut model, samples(&[1, 2, 3], 610..620));
+        let upto2 = wal.cut_segment().unwrap();
+        let saved = snapshot(&dir);
+        let keep2 = |r: u64| r == 1;
+        checkpoint(&dir, upto2, keep2, 605, &o).unwrap();
+        fold_model(&mut model, upto2, &keep2, 605);
+        let want = model_recs(&model);
+        for (p, b) in &saved {
+            if !p.exists() {
+                fs::create_dir_all(p.parent().unwrap()).unwrap();
+                fs::write(p, b).unwrap();
+            }
+        }
+        let (segs, cps) = wal_layout(&dir);
+        assert_eq!(segs, (1..=upto2 + 1).collect::<Vec<_>>());
+        assert_eq!(cps, vec![checkpoint_name(upto), checkpoint_name(upto2)]);
+        assert_eq!(replay_recs(&dir), want);
+        // Calling again for the same index only redoes the clean-up.
+        let again = checkpoint(&dir, upto2, |_| false, i64::MAX, &o).unwrap();
+        assert_eq!((again.segments_folded, stats_counts(&again)), (0, [0; 4]));
+        assert_eq!(
+            wal_layout(&dir),
+            (vec![upto2 + 1], vec![checkpoint_name(upto2)])
+        );
+        assert_eq!(replay_recs(&dir), want);
+
+        // A restart and the next checkpoint leave only what is needed.
+        wal.close().unwrap();
+        for (p, b) in &saved {
+            if p.parent() == Some(dir.as_path()) && !p.exists() {
+                fs::write(p, b).unwrap();
+            }
+        }
+        assert_eq!(replay_recs(&dir), want);
+        let mut wal = Wal::open(&dir, o.clone()).unwrap();
+        assert_eq!(wal.current_segment(), upto2 + 2);
+        log_rec(&mut wal, &mut model, samples(&[1], 620..621));
+        let upto3 = wal.cut_segment().unwrap();
+        checkpoint(&dir, upto3, keep2, 0, &o).unwrap();
+        fold_model(&mut model, upto3, &keep2, 0);
+        assert_eq!(
+            wal_layout(&dir),
+            (vec![upto3 + 1], vec![checkpoint_name(upto3)])
+        );
+        wal.close().unwrap();
+        assert_eq!(replay_recs(&dir), model_recs(&model));
+    }
+
+    /// Two rounds: the second drops series and samples the first one kept.
+    #[test]
+    fn checkpoint_of_checkpoint_keeps_only_still_live_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let o = opts(2, true);
+        let mut wal = Wal::open(&dir, o.clone()).unwrap();
+        let mut model = Model::new();
+        log_rec(&mut wal, &mut model, Rec::Series(vec![1, 2, 3]));
+        for start in (0..300).step_by(100) {
+            log_rec(
+                &mut wal,
+                &mut model,
+                samples(&[1, 2, 3], start..start + 100),
+            );
+        }
+        let upto1 = wal.cut_segment().unwrap();
+        let keep1 = |r: u64| r != 3;
+        checkpoint(&dir, upto1, keep1, 100, &o).unwrap();
+        fold_model(&mut model, upto1, &keep1, 100);
+        assert_eq!(
+            replay_recs(&dir),
+            vec![
+                Rec::Series(vec![1, 2]),
+                samples(&[1, 2], 100..200),
+                samples(&[1, 2], 200..300)
+            ]
+        );
+
+        log_rec(&mut wal, &mut model, Rec::Series(vec![4]));
+        log_rec(&mut wal, &mut model, samples(&[1, 2, 4], 300..600));
+        let upto2 = wal.cut_segment().unwrap();
+        log_rec(&mut wal, &mut model, samples(&[2, 4], 600..601));
+        let keep2 = |r: u64| r == 2 || r == 4;
+        let stats = checkpoint(&dir, upto2, keep2, 450, &o).unwrap();
+        assert_eq!(
+            stats_counts(&stats),
+            fold_model(&mut model, upto2, &keep2, 450)
+        );
+        assert_eq!(stats_counts(&stats), [2, 1, 300, 400 + 600]);
+        let want = vec![
+            Rec::Series(vec![2]),
+            Rec::Series(vec![4]),
+            samples(&[2, 4], 450..600),
+            samples(&[2, 4], 600..601),
+        ];
+        assert_eq!(model_recs(&model), want);
+        assert_eq!(replay_recs(&dir), want);
+        assert_eq!(
+            wal_layout(&dir),
+            (vec![upto2 + 1], vec![checkpoint_name(upto2)])
+        );
+
+        // Nothing left alive: an empty checkpoint, which replays (and reopens) fine.
+        let upto3 = wal.cut_segment().unwrap();
+        let stats = checkpoint(&dir, upto3, |_| false, 0, &o).unwrap();
+        assert_eq!(stats_counts(&stats), [0, 2, 0, 302]);
+        wal.close().unwrap();
+        assert!(replay_recs(&dir).is_empty());
+        let mut wal = Wal::open(&dir, o).unwrap();
+        assert_eq!(wal.current_segment(), upto3 + 2);
+        log_one(&mut wal, &encode(&Rec::Series(vec![5])));
+        wal.close().unwrap();
+        assert_eq!(replay_recs(&dir), vec![Rec::Series(vec![5])]);
+    }
+
+    #[test]
+    fn checkpoint_refuses_the_live_segment_and_bad_ranges() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let o = opts(1, false);
+        let is_layout =
+            |r: Result<CheckpointStats, WalError>| matches!(r, Err(WalError::Layout { .. }));
+        assert!(
+            is_layout(checkpoint(&dir, 0, |_| true, 0, &o)),
+            "missing directory"
+        );
+        let mut wal = Wal::open(&dir, o.clone()).unwrap();
+        log_one(&mut wal, &encode(&Rec::Series(vec![1])));
+        // A refused call removes nothing, not even debris of an earlier crash.
+        fs::create_dir_all(dir.join("checkpoint.00000003.tmp")).unwrap();
+        fs::write(dir.join("checkpoint.00000003.tmp").join("junk"), b"junk").unwrap();
+        let before = snapshot(&dir);
+        for upto in [0, 1, 7] {
+            assert!(is_layout(checkpoint(&dir, upto, |_| true, 0, &o)), "{upto}");
+        }
+        let bad = WalOptions {
+            segment_size: 1,
+            ..o.clone()
+        };
+        assert!(matches!(
+            checkpoint(&dir, 0, |_| true, 0, &bad),
+            Err(WalError::InvalidOptions(_))
+        ));
+        assert_eq!(snapshot(&dir), before);
+
+        assert_eq!(wal.cut_segment().unwrap(), 0);
+        assert!(
+            is_layout(checkpoint(&dir, 1, |_| true, 0, &o)),
+            "segment 1 is live"
+        );
+        checkpoint(&dir, 0, |_| true, 0, &o).unwrap();
+        assert_eq!(wal_layout(&dir).1, vec![checkpoint_name(0)]);
+        wal.cut_segment().unwrap();
+        wal.cut_segment().unwrap();
+        checkpoint(&dir, 2, |_| true, 0, &o).unwrap();
+        let before = snapshot(&dir);
+        assert!(
+            is_layout(checkpoint(&dir, 1, |_| true, 0, &o)),
+            "a newer checkpoint exists"
+        );
+        assert_eq!(snapshot(&dir), before);
+        wal.close().unwrap();
+
+        // A hole among the segments to fold.
+        let dir2 = tmp.path().join("wal2");
+        for _ in 0..4 {
+            let mut wal = Wal::open(&dir2, o.clone()).unwrap();
+            log_one(&mut wal, b"x");
+            wal.close().unwrap();
+        }
+        fs::remove_file(segment_path(&dir2, 1)).unwrap();
+        let before = snapshot(&dir2);
+        assert!(is_layout(checkpoint(&dir2, 2, |_| true, 0, &o)));
+        assert_eq!(snapshot(&dir2), before);
+    }
+
+    /// A checksum error in a closed segment or in the old checkpoint is an error that leaves
+    /// every file as it was.
+    #[test]
+    fn corrupt_segment_or_checkpoint_fails_the_checkpoint_and_changes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let o = opts(1, false);
+        let mut wal = Wal::open(&dir, o.clone()).unwrap();
+        let mut model = Model::new();
+        log_rec(&mut wal, &mut model, Rec::Series(vec![1]));
+        for start in (0..6000).step_by(1000) {
+            log_rec(&mut wal, &mut model, samples(&[1], start..start + 1000));
+        }
+        let upto = wal.cut_segment().unwrap();
+        assert!(upto >= 2);
+        let path = segment_path(&dir, 1);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[HEADER_SIZE + 10] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        let before = snapshot(&dir);
+        let err = checkpoint(&dir, upto, |_| true, 0, &o).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                WalError::Corrupt {
+                    segment: 1,
+                    offset: 0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(snapshot(&dir), before);
+        assert!(wal_layout(&dir).1.is_empty());
+        wal.close().unwrap();
+
+        let dir2 = tmp.path().join("wal2");
+        let mut wal = Wal::open(&dir2, o.clone()).unwrap();
+        log_rec(&mut wal, &mut model, samples(&[1], 0..100));
+        let upto = wal.cut_segment().unwrap();
+        checkpoint(&dir2, upto, |_| true, 0, &o).unwrap();
+        let cp_seg = segment_path(&dir2.join(checkpoint_name(upto)), 0);
+        let mut bytes = fs::read(&cp_seg).unwrap();
+        bytes[HEADER_SIZE + 10] ^= 1;
+        fs::write(&cp_seg, &bytes).unwrap();
+        log_rec(&mut wal, &mut model, samples(&[1], 100..200));
+        let upto2 = wal.cut_segment().unwrap();
+        let before = snapshot(&dir2);
+        let err = checkpoint(&dir2, upto2, |_| true, 0, &o).unwrap_err();
+        assert!(
+            matches!(&err, WalError::Corrupt { reason, .. } if reason.contains(&checkpoint_name(upto))),
+            "{err}"
+        );
+        assert_eq!(snapshot(&dir2), before);
+        wal.close().unwrap();
+    }
+
+    /// A segment that ends inside a record is read up to that record, as replay would, and is
+    /// never truncated by the checkpoint.
+    #[test]
+    fn torn_tail_in_a_folded_segment_is_tolerated_not_repaired() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let o = opts(4, false);
+        let mut wal = Wal::open(&dir, o.clone()).unwrap();
+        let mut model = Model::new();
+        log_rec(&mut wal, &mut model, Rec::Series(vec![1]));
+        // 3000-sample records take about 36 KiB: each spans two pages.
+        let (mut last_start, mut last_end, mut k) = (0, 0, 0);
+        while wal.current_segment() == 0 {
+            let start = wal.writer.pos();
+            log_rec(
+                &mut wal,
+                &mut model,
+                samples(&[1], k * 3000..(k + 1) * 3000),
+            );
+            if wal.current_segment() == 0 {
+                (last_start, last_end) = (start, wal.writer.pos());
+            }
+            k += 1;
+        }
+        let torn_idx = model.iter().rposition(|m| m.1 == Some(0)).unwrap();
+        let upto = wal.cut_segment().unwrap();
+        assert_eq!(upto, 1);
+        log_rec(&mut wal, &mut model, samples(&[1], 1_000_000..1_000_010));
+        wal.close().unwrap();
+        let page_inside = (last_start / PAGE_SIZE_U64 + 1) * PAGE_SIZE_U64;
+        assert!(page_inside < last_end);
+        for cut in [
+            last_start + 3,
+            last_start + 100,
+            page_inside,
+            page_inside + 2,
+            last_end - 1,
+        ] {
+            let case = tmp.path().join(format!("cut{cut}"));
+            copy_dir(&dir, &case);
+            let seg0 = segment_path(&case, 0);
+            OpenOptions::new()
+                .write(true)
+                .open(&seg0)
+                .unwrap()
+                .set_len(cut)
+                .unwrap();
+
+            // With a broken segment after it the checkpoint fails; the torn one is untouched.
+            let broken = tmp.path().join(format!("broken{cut}"));
+            copy_dir(&case, &broken);
+            let seg1 = segment_path(&broken, 1);
+            let mut bytes = fs::read(&seg1).unwrap();
+            bytes[HEADER_SIZE + 1] ^= 0x40;
+            fs::write(&seg1, &bytes).unwrap();
+            let err = checkpoint(&broken, upto, |_| true, 0, &o).unwrap_err();
+            assert!(matches!(err, WalError::Corrupt { segment: 1, .. }), "{err}");
+            assert_eq!(fs::metadata(segment_path(&broken, 0)).unwrap().len(), cut);
+
+            let stats = checkpoint(&case, upto, |_| true, 0, &o).unwrap();
+            let mut want = model.clone();
+            want.remove(torn_idx);
+            let counts = fold_model(&mut want, upto, &|_| true, 0);
+            assert_eq!(stats_counts(&stats), counts, "cut at {cut}");
+            assert_eq!(replay_recs(&case), model_recs(&want), "cut at {cut}");
+        }
+    }
+
+    /// The checkpoint runs on another thread while the WAL keeps logging and cutting.
+    #[test]
+    fn checkpoint_runs_while_the_wal_keeps_writing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let o = opts(1, true);
+        let mut wal = Wal::open(&dir, o.clone()).unwrap();
+        let mut model = Model::new();
+        log_rec(&mut wal, &mut model, Rec::Series(vec![1, 2, 3, 4]));
+        let mut t = 0i64;
+        for round in 0..6u64 {
+            for _ in 0..20 {
+                log_rec(&mut wal, &mut model, samples(&[1, 2, 3, 4], t..t + 40));
+                t += 40;
+            }
+            let upto = wal.cut_segment().unwrap();
+            let min_time = t - 500;
+            let keep = move |r: u64| r != round % 4 + 1 || round == 5;
+            let stats = std::thread::scope(|s| {
+                let h = s.spawn(|| checkpoint(&dir, upto, keep, min_time, &o));
+                for i in 0..60 {
+                    log_rec(&mut wal, &mut model, samples(&[1, 2, 3, 4], t..t + 10));
+                    t += 10;
+                    if i % 20 == 19 {
+                        wal.cut_segment().unwrap();
+                    }
+                }
+                h.join().unwrap().unwrap()
+            });
+            assert_eq!(
+                stats_counts(&stats),
+                fold_model(&mut model, upto, &keep, min_time)
+            );
+            let (segs, cps) = wal_layout(&dir);
+            assert!(segs.iter().all(|&s| s > upto));
+            assert_eq!(cps, vec![checkpoint_name(upto)]);
+        }
+        wal.close().unwrap();
+        assert_eq!(replay_recs(&dir), model_recs(&model));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Series(Vec<u64>),
+        Samples {
+            n: usize,
+            seed: u64,
+        },
+        /// A record the checkpoint drops: `Some(type)` with a few bytes, or an empty record.
+        Other(Option<u8>),
+        Cut,
+        /// `back`: how many segments below the newest finished one `upto` is; `keep`: bitmask
+        /// of `ref % 8`; `concurrent`: records logged while the checkpoint runs.
+        Checkpoint {
+            back: u32,
+            keep: u8,
+            min_time: i64,
+            concurrent: usize,
+        },
+        /// Closed cleanly or dropped (like `kill -9`), then replayed and reopened.
+        Restart {
+            clean: bool,
+        },
+    }
+
+    fn op_strategy() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            2 => prop::collection::vec(1u64..=6, 1..4).prop_map(Op::Series),
+            6 => (prop_oneof![1usize..50, 1usize..4000], any::<u64>())
+                .prop_map(|(n, seed)| Op::Samples { n, seed }),
+            1 => prop_oneof![
+                Just(Some(record::TOMBSTONES)),
+                Just(Some(77u8)),
+                Just(None)
+            ]
+            .prop_map(Op::Other),
+            2 => Just(Op::Cut),
+            3 => (0u32..3, any::<u8>(), 0i64..1000, 0usize..12).prop_map(
+                |(back, keep, min_time, concurrent)| Op::Checkpoint {
+                    back,
+                    keep,
+                    min_time,
+                    concurrent
+                }
+            ),
+            1 => any::<bool>().prop_map(|clean| Op::Restart { clean }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn prop_checkpoints_match_model(
+            compression in any::<bool>(),
+            pages in 1u64..3,
+            ops in prop::collection::vec(op_strategy(), 1..40),
+        ) {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("wal");
+            let o = opts(pages, compression);
+            let mut wal = Some(Wal::open(&dir, o.clone()).unwrap());
+            let mut model = Model::new();
+            let mut last_checkpoint: Option<u32> = None;
+            for op in ops {
+                let w = wal.as_mut().unwrap();
+                match op {
+                    Op::Series(refs) => log_rec(w, &mut model, Rec::Series(refs)),
+                    Op::Samples { n, seed } => log_rec(w, &mut model, random_samples(n, seed)),
+                    Op::Other(typ) => {
+                        let bytes = typ.map_or_else(Vec::new, |t| vec![t, 1, 2, 3]);
+                        log_rec(w, &mut model, Rec::Other(bytes));
+                    }
+                    Op::Cut => {
+                        let cur = w.current_segment();
+                        prop_assert_eq!(w.cut_segment().unwrap(), cur);
+                        prop_assert_eq!(w.current_segment(), cur + 1);
+                    }
+                    Op::Checkpoint { back, keep, min_time, concurrent } => {
+                        let keep_fn = move |r: u64| keep & (1 << (r % 8)) != 0;
+                        let cur = w.current_segment();
+                        let lo = last_checkpoint.map_or(0, |c| c + 1);
+                        if cur == 0 || cur - 1 < lo {
+                            prop_assert!(checkpoint(&dir, cur, keep_fn, min_time, &o).is_err());
+                            continue;
+                        }
+                        let upto = (cur - 1).saturating_sub(back).max(lo);
+                        let result = std::thread::scope(|s| {
+                            let h = s.spawn(|| checkpoint(&dir, upto, keep_fn, min_time, &o));
+                            for i in 0..concurrent {
+                                log_rec(w, &mut model, random_samples(30, i as u64 ^ keep as u64));
+                            }
+                            h.join().unwrap()
+                        });
+                        let stats = result.unwrap();
+                        let want = fold_model(&mut model, upto, &keep_fn, min_time);
+                        prop_assert_eq!(stats_counts(&stats), want);
+                        prop_assert_eq!(stats.segments_folded, upto + 1 - lo);
+                        last_checkpoint = Some(upto);
+                        let (segs, cps) = wal_layout(&dir);
+                        prop_assert!(segs.iter().all(|&s| s > upto), "{:?}", segs);
+                        prop_assert_eq!(cps, vec![checkpoint_name(upto)]);
+                    }
+                    Op::Restart { clean } => {
+                        let w = wal.take().unwrap();
+                        if clean {
+                            w.close().unwrap();
+                        } else {
+                            drop(w);
+                        }
+                        prop_assert_eq!(replay_recs(&dir), model_recs(&model));
+                        wal = Some(Wal::open(&dir, o.clone()).unwrap());
+                    }
+                }
+            }
+            drop(wal);
+            prop_assert_eq!(replay_recs(&dir), model_recs(&model));
+        }
+    }
+
+    /// Prometheus replays checkpoint plus later segments the same way: `promtool tsdb dump`
+    /// lists exactly the kept samples and those logged after the cut.
+    #[test]
+    fn promtool_dump_reads_checkpoint_and_later_segments() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let o = opts(1, true);
+        let mut wal = Wal::open(&dir, o.clone()).unwrap();
+        let mut model = Model::new();
+        let base = 1_700_000_000_000i64;
+        let ms = move |t: i64| base + t * 250;
+        log_rec(&mut wal, &mut model, Rec::Series(vec![1, 2, 3]));
+        for start in (0..4000).step_by(200) {
+            log_rec(
+                &mut wal,
+                &mut model,
+                samples(&[1, 2, 3], (start..start + 200).map(ms)),
+            );
+        }
+        let upto = wal.cut_segment().unwrap();
+        assert!(upto >= 1, "the checkpoint should fold several segments");
+        log_rec(&mut wal, &mut model, Rec::Series(vec![4]));
+        log_rec(
+            &mut wal,
+            &mut model,
+            samples(&[1, 3, 4], (4000..4100).map(ms)),
+        );
+        let min_time = ms(2000);
+        let keep = |r: u64| r != 2;
+        checkpoint(&dir, upto, keep, min_time, &o).unwrap();
+        fold_model(&mut model, upto, &keep, min_time);
+        for start in (4100..8000).step_by(100) {
+            log_rec(
+                &mut wal,
+                &mut model,
+                samples(&[1, 3, 4], (start..start + 100).map(ms)),
+            );
+        }
+        assert!(wal.current_segment() > upto + 1, "should span new segments");
+        wal.close().unwrap();
+        assert!(dir.join(checkpoint_name(upto)).is_dir());
+
+        let mut want: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
+        for (rec, _) in &model {
+            if let Rec::Samples(s) = rec {
+                for &(r, t, v) in s {
+                    let key = format!("{{__name__=\"wharf_ckpt\", series=\"{r}\"}}");
+                    want.entry(key).or_default().push((t, f64::from_bits(v)));
+                }
+            }
+        }
+        assert_eq!(want.len(), 3);
+        assert_eq!(
+            want.values().map(Vec::len).sum::<usize>(),
+            2000 * 2 + 4000 * 3
+        );
+        let (got, stdout) = promtool_dump(tmp.path());
+        assert_eq!(got, want, "promtool output:\n{stdout}");
     }
 }

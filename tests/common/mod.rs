@@ -301,6 +301,11 @@ pub fn free_port() -> SocketAddr {
 
 impl Proc {
     pub fn spawn(data: &Path, extra: &[&str]) -> Self {
+        Self::spawn_env(data, extra, &[])
+    }
+
+    /// Like [`Proc::spawn`] with extra environment variables (e.g. `WHARF_FAILPOINT`).
+    pub fn spawn_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let (rw, grpc, http) = (free_port(), free_port(), free_port());
         let log = data.with_extension(format!("log.{}", rw.port()));
         let log_file = std::fs::File::create(&log).expect("log file");
@@ -319,6 +324,7 @@ impl Proc {
                 &data.to_string_lossy(),
             ])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
