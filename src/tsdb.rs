@@ -617,3 +617,83 @@ impl Tsdb {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::prom::{Sample, TimeSeries, WriteRequest};
+    use crate::proto::thanos::Label;
+    use prost::Message;
+
+    const RANGE: i64 = 2 * 3600 * 1000;
+
+    fn append(db: &Tsdb, t: i64) {
+        let req = WriteRequest {
+            timeseries: vec![TimeSeries {
+                labels: vec![Label {
+                    name: "__name__".into(),
+                    value: "m".into(),
+                }],
+                samples: vec![Sample {
+                    timestamp: t,
+                    value: 1.0,
+                }],
+                ..Default::default()
+            }],
+            metadata: vec![],
+        }
+        .encode_to_vec();
+        let res = db
+            .append(&crate::remote_write::decode(&req).unwrap())
+            .unwrap();
+        assert_eq!(res.appended, 1);
+    }
+
+    #[test]
+    fn retention_deletes_old_blocks_unless_they_must_be_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = Tsdb::open(dir.path(), &TsdbOptions::default()).unwrap();
+        let ext = Labels::from_pairs([("replica", "a")]);
+        // Eight hours of minutely samples: three blocks get cut, the head keeps the rest.
+        for i in 0..(8 * 60) {
+            append(&db, i * 60_000);
+        }
+        let cut = db.compact(&ext).unwrap();
+        assert_eq!(cut.iter().filter(|c| c.meta.is_some()).count(), 3);
+        assert_eq!(db.num_blocks(), 3);
+        assert!(db.compact(&ext).unwrap().is_empty(), "nothing more is due");
+        // With uploads pending nothing may go, whatever the retention.
+        assert!(db.apply_retention(1, true).unwrap().is_empty());
+        // Newest sample is at 8h - 1m; a 4h retention drops blocks ending at or before ~4h.
+        let deleted = db.apply_retention(4 * 3600 * 1000, false).unwrap();
+        assert_eq!(
+            deleted.len(),
+            1,
+            "only the first block ends before the cutoff"
+        );
+        assert_eq!(db.num_blocks(), 2);
+        assert_eq!(block::list_blocks(dir.path()).unwrap().len(), 2);
+        let all = db
+            .select(
+                &[
+                    crate::model::Matcher::new(crate::model::MatchType::Equal, "__name__", "m")
+                        .unwrap(),
+                ],
+                i64::MIN,
+                i64::MAX,
+                false,
+            )
+            .unwrap();
+        let n: usize = all[0]
+            .1
+            .iter()
+            .map(|c| chunkenc::decode_xor(&c.data).unwrap().len())
+            .sum();
+        assert_eq!(
+            n,
+            8 * 60 - 120,
+            "the first 2h are gone, everything else is served once"
+        );
+        assert_eq!(db.time_range().map(|r| r.0), Some(RANGE));
+    }
+}
