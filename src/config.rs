@@ -61,6 +61,20 @@ pub enum LogFormat {
 pub enum Commands {
     /// Accept Prometheus remote write, store it per tenant, and serve the Thanos StoreAPI.
     Receive(Box<ReceiveArgs>),
+    /// Offline tools.
+    #[command(subcommand)]
+    Tools(Tools),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Tools {
+    /// Check blocks against the Thanos index rules (sorted symbols, series and postings, chunk
+    /// refs, chunks inside the block range, no overlaps). Exits 1 if any block has problems.
+    VerifyBlock {
+        /// Block directories, or TSDB directories whose blocks are all checked.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -553,7 +567,9 @@ mod tests {
         let (cli, given) =
             parse_from(["wharf", "receive"].iter().chain(args)).map_err(|e| e.to_string())?;
         let warnings = check_not_yet(&given).map_err(|e| e.to_string())?;
-        let Commands::Receive(r) = cli.command;
+        let Commands::Receive(r) = cli.command else {
+            panic!("not a receive command")
+        };
         Ok((r.into_config().map_err(|e| e.to_string())?, warnings))
     }
 

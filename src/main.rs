@@ -1,5 +1,5 @@
 use anyhow::Context;
-use wharf::config::{self, Commands};
+use wharf::config::{self, Commands, Tools};
 
 fn main() -> anyhow::Result<()> {
     let (cli, given) = match config::parse_from(std::env::args_os()) {
@@ -8,6 +8,7 @@ fn main() -> anyhow::Result<()> {
     };
     wharf::logging::init(&cli.log_level, cli.log_format).context("set up logging")?;
     match cli.command {
+        Commands::Tools(Tools::VerifyBlock { dirs }) => verify_blocks(&dirs),
         Commands::Receive(args) => {
             for w in config::check_not_yet(&given)? {
                 tracing::warn!("{w}");
@@ -51,4 +52,34 @@ async fn wait_for_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// `wharf tools verify-block`: prints each block's problems; fails if any block has one.
+fn verify_blocks(dirs: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    use wharf::tsdb::block;
+    let mut blocks = Vec::new();
+    for d in dirs {
+        if d.join("meta.json").exists() {
+            blocks.push(d.clone());
+        } else {
+            blocks.extend(
+                block::list_blocks(d).with_context(|| format!("list blocks in {}", d.display()))?,
+            );
+        }
+    }
+    anyhow::ensure!(!blocks.is_empty(), "no blocks found in {dirs:?}");
+    let mut bad = 0;
+    for b in &blocks {
+        let problems = block::verify(b).with_context(|| format!("read block {}", b.display()))?;
+        if problems.is_empty() {
+            println!("ok {}", b.display());
+        } else {
+            bad += 1;
+            for p in problems {
+                println!("FAIL {}: {p}", b.display());
+            }
+        }
+    }
+    anyhow::ensure!(bad == 0, "{bad} of {} blocks have problems", blocks.len());
+    Ok(())
 }

@@ -190,6 +190,25 @@ fn head_is_cut_into_blocks_that_prometheus_tools_accept() {
     );
     assert!(text.contains("prometheus_tsdb_blocks_loaded{tenant=\"default-tenant\"} 2"));
 
+    // The shipped verifier agrees, through the real binary.
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["tools", "verify-block"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "verify-block: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("ok "))
+            .count(),
+        2
+    );
+
     // Real promtool reads every block and, through the WAL, the head: nothing lost or doubled.
     let copy = tempfile::tempdir().unwrap();
     let status = Command::new("cp")

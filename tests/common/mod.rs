@@ -132,7 +132,9 @@ impl Receiver {
         args.extend_from_slice(extra_args);
         let (cli, given) = wharf::config::parse_from(args).expect("parse flags");
         wharf::config::check_not_yet(&given).expect("flags");
-        let wharf::config::Commands::Receive(r) = cli.command;
+        let wharf::config::Commands::Receive(r) = cli.command else {
+            panic!("not a receive command")
+        };
         let cfg = r.into_config().expect("config");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
