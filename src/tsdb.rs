@@ -106,6 +106,23 @@ pub struct HeadSnapshot {
     pub wal_segment: u32,
 }
 
+/// Intersects two ascending lists of series ids (postings).
+fn intersect_postings(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
+}
+
 /// Crash-test hook: aborts the process (as `kill -9` would stop it) when `WHARF_FAILPOINT`
 /// names this point, so tests can stop compaction between two durable steps.
 fn failpoint(name: &str) {

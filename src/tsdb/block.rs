@@ -616,22 +616,6 @@ fn value_of<'a>(labels: &[(&'a str, &'a str)], name: &str) -> &'a str {
         .map_or("", |&(_, v)| v)
 }
 
-fn intersect(a: &[u32], b: &[u32]) -> Vec<u32> {
-    let (mut i, mut j, mut out) = (0, 0, Vec::new());
-    while i < a.len() && j < b.len() {
-        match a[i].cmp(&b[j]) {
-            std::cmp::Ordering::Less => i += 1,
-            std::cmp::Ordering::Greater => j += 1,
-            std::cmp::Ordering::Equal => {
-                out.push(a[i]);
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    out
-}
-
 impl Block {
     /// Opens a block: `meta.json`, the index TOC, symbol table and postings offset table (CRCs
     /// checked), the chunk segment headers and the tombstones. Series, postings lists and chunks
@@ -699,7 +683,7 @@ impl Block {
             let ids = self.postings_for(m)?;
             let next = match cand {
                 None => ids,
-                Some(c) => intersect(&c, &ids),
+                Some(c) => super::intersect_postings(&c, &ids),
             };
             if next.is_empty() {
                 return Ok(next);

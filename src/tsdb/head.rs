@@ -604,7 +604,7 @@ impl Head {
             let ids = self.postings_for(m);
             candidates = Some(match candidates {
                 None => ids,
-                Some(c) => intersect(&c, &ids),
+                Some(c) => super::intersect_postings(&c, &ids),
             });
             if candidates.as_ref().is_some_and(Vec::is_empty) {
                 return Vec::new();
@@ -736,22 +736,6 @@ impl Head {
         values.dedup();
         values
     }
-}
-
-fn intersect(a: &[SeriesId], b: &[SeriesId]) -> Vec<SeriesId> {
-    let (mut i, mut j, mut out) = (0, 0, Vec::new());
-    while i < a.len() && j < b.len() {
-        match a[i].cmp(&b[j]) {
-            std::cmp::Ordering::Less => i += 1,
-            std::cmp::Ordering::Greater => j += 1,
-            std::cmp::Ordering::Equal => {
-                out.push(a[i]);
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
