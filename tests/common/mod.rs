@@ -309,7 +309,9 @@ impl Proc {
     /// Like [`Proc::spawn`] with extra environment variables (e.g. `WHARF_FAILPOINT`).
     pub fn spawn_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let (rw, grpc, http) = (free_port(), free_port(), free_port());
-        let log = data.with_extension(format!("log.{}", rw.port()));
+        // Inside the data dir, so it goes with the tempdir; tenants are directories only.
+        std::fs::create_dir_all(data).expect("data dir");
+        let log = data.join(format!("wharf-{}.log", rw.port()));
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
             .arg("receive")
