@@ -524,6 +524,31 @@ impl Head {
     /// references of the series still in the head, sorted, for the WAL checkpoint.
     pub fn truncate(&mut self, mint: i64) -> Vec<u64> {
         self.set_floor(mint);
+        // Steady state: every series still has newer data, so only chunks go and the indexes
+        // stay as they are (no second copy of them, no rebuild pause).
+        if self
+            .series
+            .iter()
+            .all(|s| s.open.as_ref().is_some_and(|c| c.max_t >= mint))
+        {
+            let (mut lo, mut removed) = (i64::MAX, 0u64);
+            for s in &mut self.series {
+                let before = s.closed.len();
+                s.closed.retain(|c| c.max_t >= mint);
+                removed += (before - s.closed.len()) as u64;
+                let first = s
+                    .closed
+                    .first()
+                    .map(|c| c.min_t)
+                    .or(s.open.as_ref().map(|c| c.min_t));
+                lo = lo.min(first.unwrap_or(i64::MAX));
+            }
+            self.stats.chunks_removed += removed;
+            self.min_t = lo;
+            let mut refs: Vec<u64> = self.series.iter().map(|s| s.series_ref).collect();
+            refs.sort_unstable();
+            return refs;
+        }
         let old = std::mem::take(&mut self.series);
         let old_symbols = std::mem::take(&mut self.symbols);
         self.by_hash = HashTable::new();
@@ -899,6 +924,45 @@ mod tests {
             h.series_ref(again),
             old_ref,
             "a returning series gets a fresh WAL reference"
+        );
+    }
+
+    #[test]
+    fn truncate_keeps_indexes_when_every_series_is_still_live() {
+        let range = HeadOptions::default().chunk_range;
+        let mut h = Head::new(HeadOptions::default());
+        let ids: Vec<SeriesId> = (0..3)
+            .map(|i| h.get_or_create(&[("s", ["a", "b", "c"][i])]).0)
+            .collect();
+        for t in 0..(3 * 480) {
+            for &id in &ids {
+                h.append(id, t * 15_000, t as f64);
+            }
+        }
+        let refs: Vec<u64> = ids.iter().map(|&id| h.series_ref(id)).collect();
+        assert_eq!(h.truncate(range), refs);
+        assert_eq!(h.time_range().map(|r| r.0), Some(range));
+        for &id in &ids {
+            let (same, _) = h.get_or_create(&[("s", ["a", "b", "c"][id as usize])]);
+            assert_eq!(same, id, "ids and lookups are untouched");
+        }
+        let res = h.select(
+            &[Matcher::new(crate::model::MatchType::Regex, "s", ".+").unwrap()],
+            i64::MIN,
+            i64::MAX,
+            false,
+        );
+        for (_, chunks) in &res {
+            let n: usize = chunks
+                .iter()
+                .map(|c| decode_xor(&c.data).unwrap().len())
+                .sum();
+            assert_eq!(n, 2 * 480);
+            assert!(chunks.iter().all(|c| c.min_t >= range));
+        }
+        assert_eq!(
+            h.stats().chunks_created - h.stats().chunks_removed,
+            res.iter().map(|r| r.1.len() as u64).sum::<u64>()
         );
     }
 
