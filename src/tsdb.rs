@@ -164,10 +164,25 @@ fn write_block(
                 .map(|&(n, v)| (resolve(n).as_bytes(), resolve(v).as_bytes())),
         )
     });
-    let mut used: Vec<&str> = series
+    // Mark used symbol ids rather than collecting every label string of every series: the
+    // list of unique symbols is a fraction of that.
+    let mut used_ids = vec![false; symbols.len()];
+    for (l, _) in &series {
+        for &(n, v) in l.iter() {
+            for id in [n, v] {
+                if let Some(u) = used_ids.get_mut(id as usize) {
+                    *u = true;
+                }
+            }
+        }
+    }
+    let mut used: Vec<&str> = used_ids
         .iter()
-        .flat_map(|(l, _)| l.iter().flat_map(|&(n, v)| [resolve(n), resolve(v)]))
+        .enumerate()
+        .filter(|(_, &u)| u)
+        .map(|(id, _)| resolve(id as u32))
         .collect();
+    drop(used_ids);
     used.sort_unstable();
     used.dedup();
     let mut w = block::BlockWriter::create(parent, ulid::Ulid::new(), used)?;
