@@ -234,6 +234,7 @@ struct Inner {
     accepted_ids: Vec<SeriesId>,
     unlogged: Vec<SeriesId>,
     pending_last: HashMap<SeriesId, (i64, u64)>,
+    batch_ids: Vec<Option<(SeriesId, bool)>>,
 }
 
 impl Inner {
@@ -326,6 +327,7 @@ impl Tsdb {
             accepted_ids: Vec::new(),
             unlogged: Vec::new(),
             pending_last: HashMap::new(),
+            batch_ids: Vec::new(),
         };
         Ok((
             Self {
@@ -352,16 +354,19 @@ impl Tsdb {
         inner.unlogged.clear();
         inner.pending_last.clear();
         let min_valid = inner.head.min_valid_time();
-        for (i, view) in batch.series.iter().enumerate() {
-            if view.error.is_some() || view.samples.is_empty() {
+        let sets: Vec<_> = batch
+            .series
+            .iter()
+            .map(|v| (v.error.is_none() && !v.samples.is_empty()).then(|| batch.labels_of(v)))
+            .collect();
+        let before = inner.head.num_series();
+        let mut ids = std::mem::take(&mut inner.batch_ids);
+        inner.head.get_or_create_many(&sets, &mut ids);
+        res.new_series = (inner.head.num_series() - before) as u64;
+        for (i, (view, found)) in batch.series.iter().zip(ids.iter()).enumerate() {
+            let Some((id, needs_record)) = *found else {
                 continue;
-            }
-            let labels = batch.labels_of(view);
-            let before = inner.head.num_series();
-            let (id, needs_record) = inner.head.get_or_create(labels);
-            if inner.head.num_series() > before {
-                res.new_series += 1;
-            }
+            };
             if needs_record && !inner.unlogged.contains(&id) {
                 inner.unlogged.push(id);
             }
@@ -385,6 +390,7 @@ impl Tsdb {
                 inner.pending_last.insert(id, l);
             }
         }
+        inner.batch_ids = ids;
         if inner.accepted.is_empty() && inner.unlogged.is_empty() {
             res.head = inner.snapshot();
             return Ok(res);

@@ -222,6 +222,11 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     })
 }
 
+thread_local! {
+    /// Decode buffers of each blocking-pool thread, reused across requests.
+    static SCRATCH: std::cell::RefCell<remote_write::Scratch> = Default::default();
+}
+
 async fn handle_write(
     st: &HttpState,
     tenant: TenantId,
@@ -247,11 +252,9 @@ async fn handle_write(
     let decode_opts = st.opts.decode.clone();
     // Decoding and the WAL append are CPU and disk work: keep them off the async workers.
     let joined = tokio::task::spawn_blocking(move || {
-        let raw = remote_write::decompress(&body, &decode_opts)
-            .map_err(|e| Failure::new(e.class(), e.to_string()))?;
-        let batch =
-            remote_write::decode(&raw).map_err(|e| Failure::new(e.class(), e.to_string()))?;
-        Ok::<_, Failure>(ingest.write(&tenant, &batch))
+        SCRATCH
+            .with_borrow_mut(|s| s.decode(&body, &decode_opts, |b| ingest.write(&tenant, b)))
+            .map_err(|e| Failure::new(e.class(), e.to_string()))
     })
     .await;
     match joined {

@@ -239,6 +239,18 @@ fn labels_hash<'a>(
     fold(xxhash_rust::xxh3::xxh3_64(scratch))
 }
 
+/// Asks the CPU to start loading the cache line at `p`; never faults, whatever `p` is.
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it does not dereference `p` and cannot fault.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// One chunk of a [`BlockSnapshot`].
 #[derive(Debug, Clone)]
 pub struct SnapshotChunk {
@@ -276,6 +288,9 @@ pub struct Head {
     /// (series, folded label hash); see [`Symbols`] for why the hash is kept.
     by_hash: HashTable<(SeriesId, u32)>,
     hash_scratch: Vec<u8>,
+    /// Scratch of [`Head::get_or_create_many`].
+    batch_hashes: Vec<u32>,
+    batch_candidates: Vec<SeriesId>,
     postings: HashMap<(u32, u32), Vec<SeriesId>>,
     values_by_name: HashMap<u32, Vec<u32>>,
     next_ref: u64,
@@ -294,6 +309,8 @@ impl Head {
             series: Vec::new(),
             by_hash: HashTable::new(),
             hash_scratch: Vec::new(),
+            batch_hashes: Vec::new(),
+            batch_candidates: Vec::new(),
             postings: HashMap::new(),
             values_by_name: HashMap::new(),
             next_ref: 1,
@@ -372,6 +389,95 @@ impl Head {
         let series_ref = self.next_ref;
         self.next_ref += 1;
         (self.insert(hash, labels, series_ref), true)
+    }
+
+    /// [`Head::get_or_create`] for every label set of a request, in order; `None` entries are
+    /// skipped. At 100k+ series a lookup waits on DRAM four times in a row (table slot, series,
+    /// its label ids, the interned strings), so each level is prefetched a few series ahead of
+    /// the lookup that needs it: independent misses then overlap instead of queueing. The
+    /// prefetches are hints only; every lookup is done in full.
+    pub fn get_or_create_many<'a>(
+        &mut self,
+        sets: &[Option<&'a [(&'a str, &'a str)]>],
+        out: &mut Vec<Option<(SeriesId, bool)>>,
+    ) {
+        const AHEAD: usize = 4;
+        let n = sets.len();
+        let mut hashes = std::mem::take(&mut self.batch_hashes);
+        let mut cands = std::mem::take(&mut self.batch_candidates);
+        hashes.clear();
+        cands.clear();
+        out.clear();
+        // Hashing first leaves the probe loop short enough for the CPU to have several table
+        // misses in flight at once.
+        for set in sets {
+            hashes.push(set.map_or(0, |labels| {
+                labels_hash(&mut self.hash_scratch, labels.iter().copied())
+            }));
+        }
+        for (set, &h) in sets.iter().zip(&hashes) {
+            // Stored hash only: the candidate is checked in full later.
+            cands.push(match set {
+                Some(_) => self
+                    .by_hash
+                    .find(spread(h), |&(_, eh)| eh == h)
+                    .map_or(u32::MAX, |&(id, _)| id),
+                None => u32::MAX,
+            });
+        }
+        for p in 0..n + 4 * AHEAD {
+            if let Some(s) = cands.get(p).and_then(|&c| self.series.get(c as usize)) {
+                prefetch(s);
+            }
+            if let Some(s) = p
+                .checked_sub(AHEAD)
+                .and_then(|q| cands.get(q))
+                .and_then(|&c| self.series.get(c as usize))
+            {
+                prefetch(s.labels.as_ptr());
+                prefetch(s.labels.as_ptr().wrapping_add(8));
+                if let Some(c) = &s.open {
+                    prefetch(c.app.bytes().as_ptr().wrapping_add(c.app.bytes().len()));
+                }
+            }
+            if let Some(s) = p
+                .checked_sub(2 * AHEAD)
+                .and_then(|q| cands.get(q))
+                .and_then(|&c| self.series.get(c as usize))
+            {
+                for &(_, v) in s.labels.iter() {
+                    if let Some(sym) = self.symbols.strings.get(v as usize) {
+                        prefetch(sym);
+                    }
+                }
+            }
+            if let Some(s) = p
+                .checked_sub(3 * AHEAD)
+                .and_then(|q| cands.get(q))
+                .and_then(|&c| self.series.get(c as usize))
+            {
+                for &(_, v) in s.labels.iter() {
+                    if let Some(sym) = self.symbols.strings.get(v as usize) {
+                        prefetch(sym.as_ptr());
+                    }
+                }
+            }
+            if let Some(q) = p.checked_sub(4 * AHEAD).filter(|&q| q < n) {
+                out.push(sets[q].map(|labels| {
+                    let hash = hashes[q];
+                    match self.find(hash, labels) {
+                        Some(id) => (id, !self.series[id as usize].logged),
+                        None => {
+                            let series_ref = self.next_ref;
+                            self.next_ref += 1;
+                            (self.insert(hash, labels, series_ref), true)
+                        }
+                    }
+                }));
+            }
+        }
+        self.batch_hashes = hashes;
+        self.batch_candidates = cands;
     }
 
     fn insert(&mut self, hash: u32, labels: &[(&str, &str)], series_ref: u64) -> SeriesId {
@@ -843,6 +949,42 @@ mod tests {
                 proptest::prop_assert_eq!(stored.iter().map(|l| (l.name.as_str(), l.value.as_str())).collect::<Vec<_>>(), pairs);
             }
             proptest::prop_assert_eq!(h.num_series(), seen.len());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn batch_lookup_agrees_with_one_at_a_time(
+            batches in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::option::weighted(0.9, proptest::collection::btree_map("[a-c]", "[x-z]{1,2}", 1..3)),
+                    0..40,
+                ),
+                1..6,
+            )
+        ) {
+            // Repeats inside a batch, skipped entries, and sets created by an earlier batch.
+            let mut one = Head::new(HeadOptions::default());
+            let mut many = Head::new(HeadOptions::default());
+            let mut out = Vec::new();
+            for batch in &batches {
+                let pairs: Vec<Option<Vec<(&str, &str)>>> = batch
+                    .iter()
+                    .map(|s| s.as_ref().map(|m| m.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect()))
+                    .collect();
+                let sets: Vec<Option<&[(&str, &str)]>> = pairs.iter().map(|p| p.as_deref()).collect();
+                many.get_or_create_many(&sets, &mut out);
+                proptest::prop_assert_eq!(out.len(), sets.len());
+                for (set, got) in sets.iter().zip(&out) {
+                    let want = set.map(|labels| one.get_or_create(labels));
+                    proptest::prop_assert_eq!(got.map(|g| g.0), want.map(|w| w.0));
+                    if let Some((id, _)) = got {
+                        many.mark_logged(*id);
+                        one.mark_logged(*id);
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(many.num_series(), one.num_series());
         }
     }
 
