@@ -9,6 +9,7 @@
 #                                            # installed), dev build; fails on zero accepted
 #                                            # samples or a non-2xx majority
 #   options: --targets "wharf prometheus victoria-metrics"  --scenarios "steady churn small disk"
+#            (also scale-100k, scale-1m, scale-5m: cost per sample as the head grows)
 #            --out DIR (default target/bench-compare/<time>)  --perf (perf record Wharf in steady)
 #   env: WHARF_BIN=path/to/wharf to run a prebuilt Wharf instead of building this tree's
 set -euo pipefail
@@ -22,7 +23,7 @@ while [ $# -gt 0 ]; do
     --targets) targets="$2"; shift ;;
     --scenarios) scenarios="$2"; shift ;;
     --out) out="$2"; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -202,6 +203,12 @@ run_scenario() {
           "$wharf_bin" receive --tsdb.compaction-interval=1s --help >/dev/null 2>&1 &&
             tflags+=(--tsdb.compaction-interval=1s) ;;
       esac ;;
+    scale-*)
+      # Cost per sample as the head grows: every series exists before the measured window.
+      local n=${scen#scale-}
+      n=${n//k/000}; n=${n//m/000000}
+      if [ "$smoke" = 1 ]; then lflags=(--series 3000 --batch 500 --concurrency 2 --warmup 0.5 --duration 1)
+      else lflags=(--series "$n" --batch 2000 --concurrency 4 --warmup $(( 10 + n / 250000 )) --duration 30 --rounds "$max_rounds"); fi ;;
     *) echo "unknown scenario $scen" >&2; exit 2 ;;
   esac
   echo "== $scen: $name"

@@ -15,6 +15,7 @@ use crate::api::http::{self, HttpOptions, HttpState};
 use crate::config::ReceiveConfig;
 use crate::ingest::Ingest;
 use crate::multitsdb::MultiTsdb;
+use crate::proto::snappy::AcceptSnappyLayer;
 use crate::proto::thanos::info::info_server::InfoServer;
 use crate::proto::thanos::store_server::StoreServer;
 use crate::proto::thanos::writeable_store_server::WriteableStoreServer;
@@ -34,6 +35,10 @@ pub enum AppError {
 }
 
 /// A started receiver: its bound addresses and a handle to stop it.
+/// Largest gRPC request body accepted after decompression: a forwarded share of one
+/// remote-write request stays far below it.
+const MAX_GRPC_REQUEST_BYTES: usize = 256 << 20;
+
 #[derive(Debug)]
 pub struct Running {
     pub remote_write_addr: SocketAddr,
@@ -167,6 +172,10 @@ async fn run(
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
         async move {
             tonic::transport::Server::builder()
+                // Thanos routers compress forwarded writes with snappy by default.
+                .layer(AcceptSnappyLayer {
+                    limit: MAX_GRPC_REQUEST_BYTES,
+                })
                 .add_service(InfoServer::new(grpc_state.clone()))
                 .add_service(
                     StoreServer::new(grpc_state.clone()).max_decoding_message_size(usize::MAX >> 1),

@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod logging;
 pub mod model;
 pub mod multitsdb;
+pub mod peer;
 pub mod proto;
 pub mod remote_write;
 pub mod store;

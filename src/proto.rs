@@ -1,7 +1,9 @@
-//! Generated wire types for the Thanos gRPC services (from `proto/`), kept free of logic.
+//! Generated wire types for the Thanos gRPC services (from `proto/`), and gRPC's `snappy`
+//! message encoding, which Thanos peers use.
 
-#![allow(clippy::all, missing_docs, unreachable_pub)]
+pub mod snappy;
 
+#[allow(clippy::all, missing_docs, unreachable_pub)]
 pub mod thanos {
     tonic::include_proto!("thanos");
 
@@ -10,6 +12,7 @@ pub mod thanos {
     }
 }
 
+#[allow(clippy::all, missing_docs, unreachable_pub)]
 pub mod prometheus_copy {
     tonic::include_proto!("prometheus_copy");
 }

@@ -97,3 +97,56 @@ fn replicated_writes_land_in_their_tenants() {
         tonic::Code::InvalidArgument
     );
 }
+
+/// A router's forwarded write, encoded by Wharf's replication client and compressed with gRPC's
+/// `snappy` encoding as Thanos routers send it by default, including a -0 sample.
+#[test]
+fn snappy_compressed_forwarded_writes_are_accepted() {
+    use wharf::peer::{encode_write, Compression, Options, Peers};
+    let rx = Receiver::start(&[]);
+    let ts: Vec<_> = (0..500)
+        .map(|i| {
+            series(
+                &[("__name__", "fwd"), ("i", &format!("{i:04}"))],
+                &[(1000, if i == 0 { -0.0 } else { i as f64 })],
+            )
+        })
+        .collect();
+    let batch = wharf::remote_write::from_timeseries(&ts);
+    let all: Vec<u32> = (0..ts.len() as u32).collect();
+    let mut body = Vec::new();
+    encode_write("snappy-tenant", 1, &batch, &all, &mut body);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for compression in [Compression::Snappy, Compression::None] {
+        let peers = Peers::new(Options {
+            compression,
+            ..Options::default()
+        });
+        let addr = rx.grpc().to_string();
+        rt.block_on(peers.write(&addr, body.clone().into()))
+            .unwrap_or_else(|e| panic!("{compression:?}: {e}"));
+    }
+    let got = tenant_series(&rx, "snappy-tenant");
+    assert_eq!(got.len(), 500);
+    assert_eq!(got[0].1, vec![(1000, (-0.0f64).to_bits())]);
+    assert_eq!(got[499].1, vec![(1000, 499f64.to_bits())]);
+
+    // An unreachable peer is reported as unavailable, then failed fast while backing off.
+    let peers = Peers::new(Options::default());
+    let dead = free_port().to_string();
+    let first = rt.block_on(peers.write(&dead, body.clone().into()));
+    assert!(
+        matches!(first, Err(wharf::peer::PeerError::Unavailable { .. })),
+        "{first:?}"
+    );
+    let second = rt.block_on(peers.write(&dead, body.into()));
+    assert!(
+        second
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("backing off")),
+        "{second:?}"
+    );
+}
