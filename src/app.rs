@@ -12,9 +12,11 @@ use tokio::task::JoinHandle;
 
 use crate::api::grpc::GrpcState;
 use crate::api::http::{self, HttpOptions, HttpState};
-use crate::config::ReceiveConfig;
-use crate::ingest::Ingest;
+use crate::config::{HashringSource, ReceiveConfig, RoutingConfig};
+use crate::hashring::{Algorithm, Hashrings};
+use crate::ingest::{Ingest, Routing};
 use crate::multitsdb::MultiTsdb;
+use crate::peer::Peers;
 use crate::proto::snappy::AcceptSnappyLayer;
 use crate::proto::thanos::info::info_server::InfoServer;
 use crate::proto::thanos::store_server::StoreServer;
@@ -30,15 +32,17 @@ pub enum AppError {
     },
     #[error("open tsdb: {0}")]
     Tsdb(#[from] crate::multitsdb::MultiTsdbError),
+    #[error("hashrings: {0}")]
+    Hashring(String),
     #[error("{0}")]
     Server(String),
 }
 
-/// A started receiver: its bound addresses and a handle to stop it.
 /// Largest gRPC request body accepted after decompression: a forwarded share of one
 /// remote-write request stays far below it.
 const MAX_GRPC_REQUEST_BYTES: usize = 256 << 20;
 
+/// A started receiver: its bound addresses and a handle to stop it.
 #[derive(Debug)]
 pub struct Running {
     pub remote_write_addr: SocketAddr,
@@ -77,6 +81,11 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
 /// Binds every listener, then opens the TSDBs in the background; `/-/ready` turns ready when
 /// every tenant's WAL has been replayed.
 pub async fn start(cfg: ReceiveConfig) -> Result<Running, AppError> {
+    // An invalid hashring at start is fatal, as in Thanos; later it only keeps the old ring.
+    let routing = match &cfg.routing {
+        Some(rc) => Some(Arc::new(load_routing(rc).await?)),
+        None => None,
+    };
     let rw = bind(cfg.remote_write_address).await?;
     let grpc = bind(cfg.grpc_address).await?;
     let ops = bind(cfg.http_address).await?;
@@ -99,7 +108,20 @@ pub async fn start(cfg: ReceiveConfig) -> Result<Running, AppError> {
     };
     set_status(false);
 
-    let task = tokio::spawn(run(cfg, rw, grpc, ops, http_state, grpc_state, cell, rx));
+    if let (Some(routing), Some(rc)) = (&routing, &cfg.routing) {
+        if let HashringSource::File { path, refresh } = &rc.source {
+            tokio::spawn(watch_hashrings(
+                routing.clone(),
+                rc.clone(),
+                path.clone(),
+                *refresh,
+                rx.clone(),
+            ));
+        }
+    }
+    let task = tokio::spawn(run(
+        cfg, rw, grpc, ops, http_state, grpc_state, cell, routing, rx,
+    ));
     tracing::info!(%remote_write_addr, %grpc_addr, %http_addr, "listening");
     Ok(Running {
         remote_write_addr,
@@ -108,6 +130,122 @@ pub async fn start(cfg: ReceiveConfig) -> Result<Running, AppError> {
         shutdown: tx,
         task,
     })
+}
+
+async fn read_hashrings(rc: &RoutingConfig) -> Result<String, String> {
+    match &rc.source {
+        HashringSource::Inline(json) => Ok(json.clone()),
+        HashringSource::File { path, .. } => tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| format!("read {}: {e}", path.display())),
+    }
+}
+
+fn parse_hashrings(rc: &RoutingConfig, json: &str) -> Result<Hashrings, String> {
+    let algorithm: Algorithm = rc.algorithm.parse().map_err(|e| format!("{e}"))?;
+    Hashrings::from_json(json, algorithm, rc.replication_factor).map_err(|e| e.to_string())
+}
+
+/// Records a loaded hashrings configuration in the metrics Thanos exports for it.
+fn note_hashrings(json: &str, rings: &Hashrings) {
+    let m = metrics();
+    // Thanos hashes with SHA-256; any stable 48-bit digest serves the gauge's purpose (telling
+    // replicas' configurations apart) and keeps a dependency out.
+    let h = xxhash_rust::xxh64::xxh64(json.as_bytes(), 0) & ((1 << 48) - 1);
+    m.config_hash.set(h as f64);
+    m.config_last_reload_successful.set(1);
+    for (name, n) in rings.sizes() {
+        m.hashring_nodes
+            .get_or_create(&crate::telemetry::Name { name: name.into() })
+            .set(n as i64);
+    }
+}
+
+async fn load_routing(rc: &RoutingConfig) -> Result<Routing, AppError> {
+    let json = read_hashrings(rc).await.map_err(AppError::Hashring)?;
+    let rings = parse_hashrings(rc, &json).map_err(AppError::Hashring)?;
+    note_hashrings(&json, &rings);
+    let mode = if rc.local_endpoint.is_some() {
+        "router and ingestor"
+    } else {
+        "router only"
+    };
+    let nodes = rings.endpoints().count();
+    tracing::info!(
+        mode,
+        nodes,
+        replication_factor = rc.replication_factor,
+        "hashring loaded"
+    );
+    if let Some(l) = &rc.local_endpoint {
+        if rings.local_address(l).is_none() {
+            tracing::warn!(local_endpoint = %l, "this node is not in any hashring; it routes only until a ring lists it");
+        }
+    }
+    Ok(Routing::new(
+        Arc::new(rings),
+        rc.local_endpoint.clone(),
+        rc.replication_factor,
+        Peers::new(rc.peer.clone()),
+    ))
+}
+
+/// Applies hashrings-file changes: checked every second (a cheap read of a small file, which
+/// also catches the symlink swap of a Kubernetes ConfigMap) and re-read in full every `refresh`.
+/// An unreadable or invalid file keeps the old ring.
+async fn watch_hashrings(
+    routing: Arc<Routing>,
+    rc: RoutingConfig,
+    path: std::path::PathBuf,
+    refresh: Duration,
+    rx: watch::Receiver<bool>,
+) {
+    let mut last = read_hashrings(&rc).await.ok();
+    let mut last_refresh = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped(rx.clone()) => return,
+        }
+        if last_refresh.elapsed() >= refresh {
+            last_refresh = Instant::now();
+            metrics().hashrings_file_refreshes.inc();
+        }
+        let json = match read_hashrings(&rc).await {
+            Ok(j) => j,
+            Err(error) => {
+                if last.is_some() {
+                    metrics().hashrings_file_errors.inc();
+                    metrics().config_last_reload_successful.set(0);
+                    tracing::error!(%error, "hashrings file unreadable; keeping the current ring");
+                    last = None;
+                }
+                continue;
+            }
+        };
+        if last.as_deref() == Some(json.as_str()) {
+            continue;
+        }
+        match parse_hashrings(&rc, &json) {
+            Ok(rings) => {
+                note_hashrings(&json, &rings);
+                metrics().hashrings_file_changes.inc();
+                tracing::info!(
+                    file = %path.display(),
+                    nodes = rings.endpoints().count(),
+                    "hashring changed; new requests use it (no flush, stays ready)"
+                );
+                routing.set_hashrings(Arc::new(rings));
+            }
+            Err(error) => {
+                metrics().hashrings_file_errors.inc();
+                metrics().config_last_reload_successful.set(0);
+                tracing::error!(file = %path.display(), %error, "invalid hashrings file; keeping the current ring");
+            }
+        }
+        last = Some(json);
+    }
 }
 
 fn local(l: &TcpListener) -> Result<SocketAddr, AppError> {
@@ -147,6 +285,7 @@ async fn run(
     http_state: HttpState,
     grpc_state: GrpcState,
     cell: Arc<OnceLock<Arc<Ingest>>>,
+    routing: Option<Arc<Routing>>,
     rx: watch::Receiver<bool>,
 ) -> Result<(), AppError> {
     let rw_srv = tokio::spawn({
@@ -205,7 +344,10 @@ async fn run(
         None => None,
     };
     if let Some(db) = &tsdb {
-        let ingest = Arc::new(Ingest::new(db.clone()));
+        let ingest = Arc::new(match routing {
+            Some(r) => Ingest::with_routing(db.clone(), r),
+            None => Ingest::new(db.clone()),
+        });
         let _ = cell.set(ingest);
         set_status(true);
         tracing::info!(tenants = db.tenants().len(), duration = ?started.elapsed(), "tsdb ready, accepting writes");

@@ -149,13 +149,59 @@ pub struct ReceiveArgs {
         default_value = "tenant_id"
     )]
     pub tenant_label: String,
-    /// Replication factor; only 1 until the hashring lands.
+    /// How many nodes of the hashring get each series; a write needs a quorum of them.
     #[arg(
         long = "receive.replication-factor",
         env = "WHARF_RECEIVE_REPLICATION_FACTOR",
         default_value_t = 1
     )]
     pub replication_factor: u64,
+    /// Hashrings file (Thanos JSON), re-read whenever it changes; enables routing.
+    #[arg(long = "receive.hashrings-file", env = "WHARF_RECEIVE_HASHRINGS_FILE")]
+    pub hashrings_file: Option<PathBuf>,
+    /// Hashrings as inline JSON (read once), instead of --receive.hashrings-file.
+    #[arg(long = "receive.hashrings", env = "WHARF_RECEIVE_HASHRINGS")]
+    pub hashrings: Option<String>,
+    /// Placement for hashrings that name none: hashmod or ketama.
+    #[arg(
+        long = "receive.hashrings-algorithm",
+        env = "WHARF_RECEIVE_HASHRINGS_ALGORITHM",
+        default_value = "hashmod"
+    )]
+    pub hashrings_algorithm: String,
+    /// Full re-read period of the hashrings file (changes are also picked up within a second).
+    #[arg(
+        long = "receive.hashrings-file-refresh-interval",
+        env = "WHARF_RECEIVE_HASHRINGS_FILE_REFRESH_INTERVAL",
+        default_value = "5m"
+    )]
+    pub hashrings_refresh: String,
+    /// This node's endpoint as written in the hashrings; without it a ringed node only routes.
+    #[arg(long = "receive.local-endpoint", env = "WHARF_RECEIVE_LOCAL_ENDPOINT")]
+    pub local_endpoint: Option<String>,
+    /// Compression of forwarded writes: snappy or none.
+    #[arg(
+        long = "receive.grpc-compression",
+        env = "WHARF_RECEIVE_GRPC_COMPRESSION",
+        default_value = "snappy"
+    )]
+    pub grpc_compression: String,
+    /// Deadline of one request's fan-out to its replicas.
+    #[arg(
+        long = "receive-forward-timeout",
+        env = "WHARF_RECEIVE_FORWARD_TIMEOUT",
+        default_value = "5s",
+        hide = true
+    )]
+    pub forward_timeout: String,
+    /// Longest back-off for a peer that answered Unavailable.
+    #[arg(
+        long = "receive-forward-max-backoff",
+        env = "WHARF_RECEIVE_FORWARD_MAX_BACKOFF",
+        default_value = "5s",
+        hide = true
+    )]
+    pub forward_max_backoff: String,
     /// Block duration; chunks never cross a multiple of it.
     #[arg(
         long = "tsdb.min-block-duration",
@@ -270,17 +316,6 @@ const NOT_YET: &[(&str, Effect)] = &[
     ("remote-write.client-server-name", Effect::Warn),
     ("remote-write.client-tls-min-version", Effect::Warn),
     (
-        "receive.hashrings-file",
-        Effect::Refuse("series would be stored here instead of routed by the hashring"),
-    ),
-    (
-        "receive.hashrings",
-        Effect::Refuse("series would be stored here instead of routed by the hashring"),
-    ),
-    ("receive.hashrings-algorithm", Effect::Warn),
-    ("receive.hashrings-file-refresh-interval", Effect::Warn),
-    ("receive.local-endpoint", Effect::Warn),
-    (
         "receive.tenant-certificate-field",
         Effect::Refuse("writes would land in the header's tenant, not the certificate's"),
     ),
@@ -290,12 +325,9 @@ const NOT_YET: &[(&str, Effect)] = &[
     ),
     ("receive.replica-header", Effect::Warn),
     ("receive.forward.async-workers", Effect::Warn),
-    ("receive.grpc-compression", Effect::Warn),
     ("receive.replication-protocol", Effect::Warn),
     ("receive.capnproto-address", Effect::Warn),
     ("receive.grpc-service-config", Effect::Warn),
-    ("receive-forward-timeout", Effect::Warn),
-    ("receive-forward-max-backoff", Effect::Warn),
     ("receive.artificial-max-delay", Effect::Warn),
     (
         "receive.relabel-config",
@@ -452,6 +484,8 @@ pub struct ReceiveConfig {
     pub compaction_interval: Duration,
     /// An objstore flag was given (uploads are not implemented yet).
     pub objstore_configured: bool,
+    /// Hashring routing; none on a single node.
+    pub routing: Option<RoutingConfig>,
 }
 
 impl ReceiveArgs {
@@ -488,12 +522,7 @@ impl ReceiveArgs {
                 why: "out-of-order ingestion is not implemented; a non-zero window would silently reject what it promises to keep",
             });
         }
-        if self.replication_factor != 1 {
-            return Err(ConfigError::Unsupported {
-                flag: "receive.replication-factor".into(),
-                why: "replication needs the hashring, which is not implemented yet; only 1 is accepted",
-            });
-        }
+        let routing = self.routing()?;
         let grace = parse_duration("http-grace-period", &self.http_grace_period)?.max(
             parse_duration("grpc-grace-period", &self.grpc_grace_period)?,
         );
@@ -555,8 +584,91 @@ impl ReceiveArgs {
             defaulted_label,
             compaction_interval,
             objstore_configured,
+            routing,
         })
     }
+
+    fn routing(&self) -> Result<Option<RoutingConfig>, ConfigError> {
+        let rf = usize::try_from(self.replication_factor)
+            .ok()
+            .filter(|&rf| (1..=255).contains(&rf))
+            .ok_or(ConfigError::Invalid {
+                flag: "receive.replication-factor",
+                reason: "must be between 1 and 255".into(),
+            })?;
+        let source = match (&self.hashrings_file, &self.hashrings) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    flag: "receive.hashrings",
+                    reason: "give either --receive.hashrings or --receive.hashrings-file".into(),
+                })
+            }
+            (Some(path), None) => HashringSource::File {
+                path: path.clone(),
+                refresh: parse_duration(
+                    "receive.hashrings-file-refresh-interval",
+                    &self.hashrings_refresh,
+                )?,
+            },
+            (None, Some(json)) => HashringSource::Inline(json.clone()),
+            (None, None) if rf > 1 => return Err(ConfigError::Invalid {
+                flag: "receive.replication-factor",
+                reason:
+                    "replication needs a hashring (--receive.hashrings-file or --receive.hashrings)"
+                        .into(),
+            }),
+            (None, None) => return Ok(None),
+        };
+        let algorithm = match self.hashrings_algorithm.as_str() {
+            "hashmod" | "ketama" => self.hashrings_algorithm.clone(),
+            other => {
+                return Err(ConfigError::Invalid {
+                    flag: "receive.hashrings-algorithm",
+                    reason: format!("unknown algorithm {other:?} (want hashmod or ketama)"),
+                })
+            }
+        };
+        let peer = crate::peer::Options {
+            timeout: parse_duration("receive-forward-timeout", &self.forward_timeout)?,
+            max_backoff: parse_duration("receive-forward-max-backoff", &self.forward_max_backoff)?,
+            compression: self
+                .grpc_compression
+                .parse()
+                .map_err(|e: crate::peer::PeerError| ConfigError::Invalid {
+                    flag: "receive.grpc-compression",
+                    reason: e.to_string(),
+                })?,
+        };
+        peer.validate().map_err(|e| ConfigError::Invalid {
+            flag: "receive-forward-timeout",
+            reason: e.to_string(),
+        })?;
+        Ok(Some(RoutingConfig {
+            source,
+            algorithm,
+            local_endpoint: self.local_endpoint.clone().filter(|e| !e.is_empty()),
+            replication_factor: rf,
+            peer,
+        }))
+    }
+}
+
+/// Where the hashrings come from.
+#[derive(Debug, Clone)]
+pub enum HashringSource {
+    File { path: PathBuf, refresh: Duration },
+    Inline(String),
+}
+
+/// Hashring routing, when a hashring is configured.
+#[derive(Debug, Clone)]
+pub struct RoutingConfig {
+    pub source: HashringSource,
+    /// `--receive.hashrings-algorithm`: for rings that name none.
+    pub algorithm: String,
+    pub local_endpoint: Option<String>,
+    pub replication_factor: usize,
+    pub peer: crate::peer::Options,
 }
 
 #[cfg(test)]
@@ -587,6 +699,65 @@ mod tests {
     }
 
     #[test]
+    fn routing_flags_as_thanos_takes_them() {
+        let (c, _) = receive(&[]).unwrap();
+        assert!(c.routing.is_none(), "no hashring: a single node");
+        let (c, w) = receive(&[
+            "--receive.hashrings-file",
+            "h.json",
+            "--receive.local-endpoint",
+            "10.0.0.1:10901",
+            "--receive.replication-factor",
+            "3",
+            "--receive.hashrings-algorithm",
+            "ketama",
+            "--receive.grpc-compression",
+            "none",
+            "--receive-forward-timeout",
+            "2s",
+        ])
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        let r = c.routing.unwrap();
+        assert!(
+            matches!(r.source, HashringSource::File { ref path, refresh }
+            if path == std::path::Path::new("h.json") && refresh == Duration::from_secs(300))
+        );
+        assert_eq!(r.local_endpoint.as_deref(), Some("10.0.0.1:10901"));
+        assert_eq!((r.replication_factor, r.algorithm.as_str()), (3, "ketama"));
+        assert_eq!(r.peer.compression, crate::peer::Compression::None);
+        assert_eq!(r.peer.timeout, Duration::from_secs(2));
+        let (c, _) = receive(&["--receive.hashrings", "[]"]).unwrap();
+        let r = c.routing.unwrap();
+        assert!(matches!(r.source, HashringSource::Inline(_)));
+        assert!(r.local_endpoint.is_none(), "router only");
+        assert_eq!(r.peer.compression, crate::peer::Compression::Snappy);
+        for bad in [
+            &[
+                "--receive.hashrings-algorithm",
+                "modulo",
+                "--receive.hashrings",
+                "[]",
+            ][..],
+            &[
+                "--receive.grpc-compression",
+                "gzip",
+                "--receive.hashrings",
+                "[]",
+            ],
+            &[
+                "--receive.hashrings",
+                "[]",
+                "--receive.hashrings-file",
+                "h.json",
+            ],
+            &["--receive.replication-factor", "0"],
+        ] {
+            assert!(receive(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn labels_parse_with_and_without_quotes() {
         let (c, _) = receive(&["--label", "replica=\"a\"", "--label=region=eu"]).unwrap();
         assert_eq!(c.multitsdb.external_labels.get("replica"), Some("a"));
@@ -601,7 +772,7 @@ mod tests {
         assert_eq!(w.len(), 1);
         assert!(c.objstore_configured && c.multitsdb.keep_blocks);
         assert_eq!(c.multitsdb.retention_ms, 15 * 24 * 3600 * 1000);
-        assert!(receive(&["--receive.hashrings-file", "h.json"])
+        assert!(receive(&["--receive.replication-factor", "3"])
             .unwrap_err()
             .contains("hashring"));
         assert!(receive(&["--tsdb.out-of-order.time-window", "10m"]).is_err());

@@ -229,6 +229,10 @@ impl Decoder for RawCodec {
     }
 }
 
+/// gRPC metadata on a write a node passes on because its ring names another owner; the
+/// receiver then writes it locally whatever its own ring says. Thanos peers never send it.
+pub const REFORWARDED: &str = "wharf-reforwarded";
+
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
@@ -290,8 +294,14 @@ impl Peers {
         }
     }
 
-    /// Sends one encoded `thanos.WriteRequest` to `addr`.
-    pub async fn write(&self, addr: &str, request: Bytes) -> Result<(), PeerError> {
+    /// Sends one encoded `thanos.WriteRequest` to `addr`; `reforward` marks a request this
+    /// node received from a peer and passes on (see [`REFORWARDED`]).
+    pub async fn write(
+        &self,
+        addr: &str,
+        request: Bytes,
+        reforward: bool,
+    ) -> Result<(), PeerError> {
         let peer = self.peer(addr)?;
         if let Some((until, _)) = *peer.backoff.lock() {
             if Instant::now() < until {
@@ -305,15 +315,11 @@ impl Peers {
             match self.opts.compression {
                 Compression::Snappy => {
                     let svc = crate::proto::snappy::SendSnappy::new(peer.channel.clone());
-                    unary(tonic::client::Grpc::new(svc), addr, request).await
+                    unary(tonic::client::Grpc::new(svc), addr, request, reforward).await
                 }
                 Compression::None => {
-                    unary(
-                        tonic::client::Grpc::new(peer.channel.clone()),
-                        addr,
-                        request,
-                    )
-                    .await
+                    let grpc = tonic::client::Grpc::new(peer.channel.clone());
+                    unary(grpc, addr, request, reforward).await
                 }
             }
         };
@@ -345,6 +351,7 @@ async fn unary<T>(
     mut grpc: tonic::client::Grpc<T>,
     addr: &str,
     request: Bytes,
+    reforward: bool,
 ) -> Result<(), PeerError>
 where
     T: tonic::client::GrpcService<tonic::body::BoxBody>,
@@ -356,8 +363,15 @@ where
         addr: addr.to_string(),
         reason: e.into().to_string(),
     })?;
+    let mut request = tonic::Request::new(request);
+    if reforward {
+        request.metadata_mut().insert(
+            REFORWARDED,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+    }
     grpc.unary(
-        tonic::Request::new(request),
+        request,
         PathAndQuery::from_static("/thanos.WriteableStore/RemoteWrite"),
         RawCodec,
     )

@@ -120,6 +120,24 @@ impl<'a> WriteBatch<'a> {
         self.samples.len()
     }
 
+    /// A batch of the given series only (in the given order), for a share that goes to one
+    /// place; series errors travel with their series.
+    pub fn subset(&self, series: &[u32]) -> WriteBatch<'a> {
+        let mut out = WriteBatch::default();
+        for s in series.iter().filter_map(|&i| self.series.get(i as usize)) {
+            let labels = out.labels.len() as u32;
+            let samples = out.samples.len() as u32;
+            out.labels.extend_from_slice(self.labels_of(s));
+            out.samples.extend_from_slice(self.samples_of(s));
+            out.series.push(SeriesView {
+                labels: labels..out.labels.len() as u32,
+                samples: samples..out.samples.len() as u32,
+                ..s.clone()
+            });
+        }
+        out
+    }
+
     /// Empties the batch and moves its allocations to another lifetime. No borrowed label
     /// survives, and collecting an emptied vector into one of the same layout reuses its buffer.
     fn rebind<'b>(self) -> WriteBatch<'b> {

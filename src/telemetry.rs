@@ -42,6 +42,16 @@ pub struct Check {
     pub check: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Name {
+    pub name: String,
+}
+
 type HistFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric Wharf exports.
@@ -72,6 +82,15 @@ pub struct Metrics {
     pub blocks_loaded: Family<Tenant, Gauge>,
     pub head_truncations: Family<Tenant, Counter>,
     pub blocks_deleted: Family<Tenant, Counter>,
+    pub forward_requests: Family<ResultLabel, Counter>,
+    pub replications: Family<ResultLabel, Counter>,
+    pub forward_delay: Histogram,
+    pub hashrings_file_changes: Counter,
+    pub hashrings_file_errors: Counter,
+    pub hashrings_file_refreshes: Counter,
+    pub config_hash: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub config_last_reload_successful: Gauge,
+    pub hashring_nodes: Family<Name, Gauge>,
 }
 
 fn duration_hist() -> Histogram {
@@ -114,6 +133,15 @@ impl Metrics {
             blocks_loaded: Family::default(),
             head_truncations: Family::default(),
             blocks_deleted: Family::default(),
+            forward_requests: Family::default(),
+            replications: Family::default(),
+            forward_delay: duration_hist(),
+            hashrings_file_changes: Counter::default(),
+            hashrings_file_errors: Counter::default(),
+            hashrings_file_refreshes: Counter::default(),
+            config_hash: Gauge::default(),
+            config_last_reload_successful: Gauge::default(),
+            hashring_nodes: Family::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters itself.
@@ -237,6 +265,51 @@ impl Metrics {
             "Blocks deleted by time retention",
             m.blocks_deleted.clone(),
         );
+        r.register(
+            "thanos_receive_forward_requests",
+            "Forwarded write requests to peers, by result",
+            m.forward_requests.clone(),
+        );
+        r.register(
+            "thanos_receive_replications",
+            "Replicated writes, by whether every series reached quorum",
+            m.replications.clone(),
+        );
+        r.register(
+            "thanos_receive_forward_delay_seconds",
+            "Time from a request's arrival until its forward to a peer starts",
+            m.forward_delay.clone(),
+        );
+        r.register(
+            "thanos_receive_hashrings_file_changes",
+            "Hashrings file changes that were applied",
+            m.hashrings_file_changes.clone(),
+        );
+        r.register(
+            "thanos_receive_hashrings_file_errors",
+            "Hashrings file reads that failed or were invalid (the previous ring stays)",
+            m.hashrings_file_errors.clone(),
+        );
+        r.register(
+            "thanos_receive_hashrings_file_refreshes",
+            "Periodic re-reads of the hashrings file",
+            m.hashrings_file_refreshes.clone(),
+        );
+        r.register(
+            "thanos_receive_config_hash",
+            "Hash of the loaded hashrings configuration",
+            m.config_hash.clone(),
+        );
+        r.register(
+            "thanos_receive_config_last_reload_successful",
+            "Whether the last hashrings configuration reload succeeded",
+            m.config_last_reload_successful.clone(),
+        );
+        r.register(
+            "thanos_receive_hashring_nodes",
+            "Endpoints per hashring",
+            m.hashring_nodes.clone(),
+        );
         Self { registry: r, ..m }
     }
 
@@ -254,6 +327,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 /// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {
     &METRICS
+}
+
+pub fn result(r: &str) -> ResultLabel {
+    ResultLabel { result: r.into() }
 }
 
 pub fn tenant(t: &str) -> Tenant {

@@ -126,7 +126,7 @@ fn snappy_compressed_forwarded_writes_are_accepted() {
             ..Options::default()
         });
         let addr = rx.grpc().to_string();
-        rt.block_on(peers.write(&addr, body.clone().into()))
+        rt.block_on(peers.write(&addr, body.clone().into(), false))
             .unwrap_or_else(|e| panic!("{compression:?}: {e}"));
     }
     let got = tenant_series(&rx, "snappy-tenant");
@@ -137,12 +137,12 @@ fn snappy_compressed_forwarded_writes_are_accepted() {
     // An unreachable peer is reported as unavailable, then failed fast while backing off.
     let peers = Peers::new(Options::default());
     let dead = free_port().to_string();
-    let first = rt.block_on(peers.write(&dead, body.clone().into()));
+    let first = rt.block_on(peers.write(&dead, body.clone().into(), false));
     assert!(
         matches!(first, Err(wharf::peer::PeerError::Unavailable { .. })),
         "{first:?}"
     );
-    let second = rt.block_on(peers.write(&dead, body.into()));
+    let second = rt.block_on(peers.write(&dead, body.into(), false));
     assert!(
         second
             .as_ref()

@@ -7,7 +7,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::error::status;
-use crate::ingest::Ingest;
+use crate::ingest::{Ingest, Outcome};
 use crate::model::{ErrorClass, Labels, MatchType, Matcher, TenantId};
 use crate::proto::thanos::info::{self as infopb, info_server};
 use crate::proto::thanos::{self as pb, store_server, writeable_store_server};
@@ -287,13 +287,15 @@ impl store_server::Store for GrpcState {
 
 #[tonic::async_trait]
 impl writeable_store_server::WriteableStore for GrpcState {
-    /// Accepts replicated writes from Thanos or Wharf routers and writes them locally; on a
-    /// single-node ring there is nowhere else to send them.
+    /// Accepts forwarded writes from Thanos or Wharf routers. A 1-based `replica` names the
+    /// replica the sender placed here: it is written locally (or passed on once if this node's
+    /// ring disagrees); replica 0 is a fresh write, fanned out like a remote-write request.
     async fn remote_write(
         &self,
         req: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
         let ingest = self.ingest()?.clone();
+        let reforwarded = req.metadata().contains_key(crate::peer::REFORWARDED);
         let r = req.into_inner();
         let default_tenant = self.default_tenant.clone();
         let mut parts: Vec<(String, Vec<crate::proto::prom::TimeSeries>)> = r
@@ -304,7 +306,19 @@ impl writeable_store_server::WriteableStore for GrpcState {
         if parts.is_empty() {
             parts.push((r.tenant, r.timeseries));
         }
-        blocking("write", move || {
+        let replica = u64::try_from(r.replica).map_err(|_| {
+            status(
+                ErrorClass::BadRequest,
+                format!("negative replica {}", r.replica),
+            )
+        })?;
+        // A router-only node fans a forwarded request out afresh (router → ingestor trees).
+        let replica = match ingest.routing() {
+            Some(routing) if routing.is_router_only() => 0,
+            _ => replica,
+        };
+        let pending = blocking("write", move || {
+            let mut pending = Vec::new();
             for (tenant, series) in parts {
                 let tenant = if tenant.is_empty() {
                     default_tenant.clone()
@@ -313,13 +327,21 @@ impl writeable_store_server::WriteableStore for GrpcState {
                         .map_err(|e| status(ErrorClass::BadRequest, e.to_string()))?
                 };
                 let batch = crate::remote_write::from_timeseries(&series);
-                ingest
-                    .write(&tenant, &batch)
-                    .map_err(|(_, e)| status(e.class(), e.to_string()))?;
+                match ingest.write_request(&tenant, &batch, replica, reforwarded) {
+                    Outcome::Done(r) => {
+                        r.map_err(|(_, e)| status(e.class(), e.to_string()))?;
+                    }
+                    Outcome::Forwarding(p) => pending.push(p),
+                }
             }
-            Ok::<_, Status>(())
+            Ok::<_, Status>(pending)
         })
         .await??;
+        for p in pending {
+            p.finish()
+                .await
+                .map_err(|(_, e)| status(e.class(), e.to_string()))?;
+        }
         Ok(Response::new(pb::WriteResponse {}))
     }
 }

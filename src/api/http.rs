@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use super::error::{http_status, retry_after};
-use crate::ingest::{Ingest, IngestError, WriteSummary};
+use crate::ingest::{Ingest, IngestError, Outcome, WriteSummary};
 use crate::model::{ErrorClass, TenantId};
 use crate::remote_write;
 use crate::telemetry::{metrics, CodeTenant, HttpLabels};
@@ -253,21 +253,31 @@ async fn handle_write(
     // Decoding and the WAL append are CPU and disk work: keep them off the async workers.
     let joined = tokio::task::spawn_blocking(move || {
         SCRATCH
-            .with_borrow_mut(|s| s.decode(&body, &decode_opts, |b| ingest.write(&tenant, b)))
+            .with_borrow_mut(|s| {
+                s.decode(&body, &decode_opts, |b| {
+                    ingest.write_request(&tenant, b, 0, false)
+                })
+            })
             .map_err(|e| Failure::new(e.class(), e.to_string()))
     })
     .await;
-    match joined {
-        Err(e) => (
-            Err(Failure::new(
-                ErrorClass::Internal,
-                format!("write task failed: {e}"),
-            )),
-            WriteSummary::default(),
-        ),
-        Ok(Err(f)) => (Err(f), WriteSummary::default()),
-        Ok(Ok(Ok(summary))) => (Ok(()), summary),
-        Ok(Ok(Err((summary, e)))) => (Err(Failure::new(e.class(), e.to_string())), summary),
+    let written = match joined {
+        Err(e) => {
+            return (
+                Err(Failure::new(
+                    ErrorClass::Internal,
+                    format!("write task failed: {e}"),
+                )),
+                WriteSummary::default(),
+            )
+        }
+        Ok(Err(f)) => return (Err(f), WriteSummary::default()),
+        Ok(Ok(Outcome::Done(r))) => r,
+        Ok(Ok(Outcome::Forwarding(pending))) => pending.finish().await,
+    };
+    match written {
+        Ok(summary) => (Ok(()), summary),
+        Err((summary, e)) => (Err(Failure::new(e.class(), e.to_string())), summary),
     }
 }
 

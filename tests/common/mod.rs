@@ -295,6 +295,24 @@ pub struct Proc {
     pub log: PathBuf,
 }
 
+/// The three listeners of one node.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub rw: SocketAddr,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl Ports {
+    pub fn fresh() -> Self {
+        Self {
+            rw: free_port(),
+            grpc: free_port(),
+            http: free_port(),
+        }
+    }
+}
+
 /// Picks a free loopback port by binding and releasing it (the child binds it right after).
 pub fn free_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -308,7 +326,12 @@ impl Proc {
 
     /// Like [`Proc::spawn`] with extra environment variables (e.g. `WHARF_FAILPOINT`).
     pub fn spawn_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let (rw, grpc, http) = (free_port(), free_port(), free_port());
+        Self::spawn_at(data, Ports::fresh(), extra, env)
+    }
+
+    /// Like [`Proc::spawn_env`] on given ports (a restart, or a node named in a hashring).
+    pub fn spawn_at(data: &Path, ports: Ports, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let Ports { rw, grpc, http } = ports;
         // Inside the data dir, so it goes with the tempdir; tenants are directories only.
         std::fs::create_dir_all(data).expect("data dir");
         let log = data.join(format!("wharf-{}.log", rw.port()));
