@@ -31,6 +31,9 @@ fn write_ring(path: &Path, json: &str) {
     std::fs::rename(&tmp, path).expect("rename ring");
 }
 
+/// A series' `id` label and its samples (time, value bits).
+type IdSamples = (String, Vec<(i64, u64)>);
+
 struct Node {
     data: PathBuf,
     ports: Ports,
@@ -68,7 +71,7 @@ impl Node {
     }
 
     /// Every series of the default tenant: name → samples.
-    fn series(&self) -> Vec<(String, Vec<(i64, u64)>)> {
+    fn series(&self) -> Vec<IdSamples> {
         let (out, _) = StoreApi::connect(self.ports.grpc)
             .series(pb::SeriesRequest {
                 min_time: i64::MIN,
@@ -205,7 +208,7 @@ fn rf3_router_survives_one_ingestor_down_and_waits_for_two() {
     // 1–6 on the two that stayed up, round 1 on all three. The retried round needs a quorum
     // only, and a replica that missed a write does not get it later (no hinted hand-off, as in
     // Thanos).
-    let held: Vec<Vec<(String, Vec<(i64, u64)>)>> = ingestors.iter().map(Node::series).collect();
+    let held: Vec<Vec<IdSamples>> = ingestors.iter().map(Node::series).collect();
     for (i, h) in held.iter().enumerate() {
         assert_eq!(h.len(), N, "ingestor {i}");
         let want: &[i64] = if i < 2 {
