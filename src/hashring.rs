@@ -4,8 +4,13 @@
 //! vectors computed with Thanos's own code).
 
 mod glob;
+mod gorand;
+mod md5;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use serde::Deserialize;
 use xxhash_rust::xxh64::Xxh64;
@@ -88,7 +93,33 @@ struct RawRing {
     #[serde(default)]
     external_labels: BTreeMap<String, String>,
     #[serde(default)]
-    shuffle_sharding_config: Option<serde_json::Value>,
+    shuffle_sharding_config: Option<RawShuffle>,
+}
+
+#[derive(Deserialize)]
+struct RawShuffle {
+    #[serde(default)]
+    shard_size: usize,
+    #[serde(default = "default_cache_size")]
+    cache_size: usize,
+    #[serde(default)]
+    zone_awareness_disabled: bool,
+    #[serde(default)]
+    overrides: Vec<RawOverride>,
+}
+
+fn default_cache_size() -> usize {
+    100
+}
+
+#[derive(Deserialize)]
+struct RawOverride {
+    #[serde(default)]
+    shard_size: usize,
+    #[serde(default)]
+    tenants: Vec<String>,
+    #[serde(default)]
+    tenant_matcher_type: String,
 }
 
 /// Hashes a series for placement: XXH64 (seed 0) over the tenant, `0xff`, then each label's
@@ -135,19 +166,7 @@ impl Ketama {
             ));
         }
         check_zone_layout(&endpoints, rf).map_err(invalid)?;
-        let mut points: Vec<(u64, u32)> =
-            Vec::with_capacity(endpoints.len() * SECTIONS_PER_NODE as usize);
-        for (idx, ep) in endpoints.iter().enumerate() {
-            for i in 1..=SECTIONS_PER_NODE {
-                let key = format!("{}:{i}", ep.address);
-                points.push((xxhash_rust::xxh64::xxh64(key.as_bytes(), 0), idx as u32));
-            }
-        }
-        // Ties would need two addresses with a colliding 64-bit point; order them by address so
-        // that configuration order never matters.
-        points.sort_by(|a, b| {
-            (a.0, &endpoints[a.1 as usize].address).cmp(&(b.0, &endpoints[b.1 as usize].address))
-        });
+        let points = ring_points(&endpoints, 0..endpoints.len());
         let zones: BTreeSet<&str> = endpoints.iter().map(|e| e.az.as_str()).collect();
         let zone_of: Vec<usize> = endpoints
             .iter()
@@ -204,6 +223,189 @@ impl Ketama {
     }
 }
 
+/// The ketama points of the given endpoints, sorted: `SECTIONS_PER_NODE` per endpoint at
+/// `xxh64(address + ":" + i)`.
+fn ring_points(endpoints: &[Endpoint], which: impl Iterator<Item = usize>) -> Vec<(u64, u32)> {
+    let mut points = Vec::new();
+    for idx in which {
+        let ep = &endpoints[idx];
+        for i in 1..=SECTIONS_PER_NODE {
+            let key = format!("{}:{i}", ep.address);
+            points.push((xxhash_rust::xxh64::xxh64(key.as_bytes(), 0), idx as u32));
+        }
+    }
+    // Ties would need two addresses with a colliding 64-bit point; order them by address so
+    // that configuration order never matters.
+    points.sort_by(|a, b| {
+        (a.0, &endpoints[a.1 as usize].address).cmp(&(b.0, &endpoints[b.1 as usize].address))
+    });
+    points
+}
+
+/// The seed Thanos derives for a tenant's draw from one zone: the first 8 bytes of
+/// MD5(tenant) (no zone) or MD5(tenant, 0x00, zone), big-endian.
+pub fn shuffle_seed(tenant: &str, zone: &str) -> i64 {
+    let mut input = tenant.as_bytes().to_vec();
+    if !zone.is_empty() {
+        input.push(0);
+        input.extend_from_slice(zone.as_bytes());
+    }
+    let d = md5::digest(&input);
+    i64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// The first value Go's `rand.New(rand.NewSource(seed)).Uint64()` returns.
+pub fn go_rand_first(seed: i64) -> u64 {
+    gorand::GoRand::new(seed).next_u64()
+}
+
+/// Shuffle sharding of one ketama hashring: each tenant writes to its own subset of nodes.
+#[derive(Debug)]
+struct Shuffle {
+    shard_size: usize,
+    zone_aware: bool,
+    overrides: Vec<(usize, Vec<String>, bool)>,
+    /// Ring points per zone (one zone "" when zone awareness is off), by endpoint index.
+    zone_points: BTreeMap<String, Vec<(u64, u32)>>,
+    rf: usize,
+    cache_size: usize,
+    /// tenant → its shard's ring (endpoint indexes into the hashring's list).
+    cache: Mutex<HashMap<String, Arc<SubRing>>>,
+}
+
+#[derive(Debug)]
+struct SubRing {
+    ring: Ketama,
+    /// Sub-ring endpoint index → hashring endpoint index.
+    map: Vec<u32>,
+}
+
+impl Shuffle {
+    fn new(
+        ring: &str,
+        raw: RawShuffle,
+        endpoints: &[Endpoint],
+        rf: usize,
+    ) -> Result<Self, HashringError> {
+        let invalid = |reason: String| HashringError::Invalid {
+            ring: ring.to_string(),
+            reason,
+        };
+        let sizes =
+            std::iter::once(raw.shard_size).chain(raw.overrides.iter().map(|o| o.shard_size));
+        for size in sizes {
+            if size == 0 || size > endpoints.len() {
+                return Err(invalid(format!(
+                    "shard_size {size} must be between 1 and the node count {}",
+                    endpoints.len()
+                )));
+            }
+        }
+        let mut overrides = Vec::new();
+        for o in raw.overrides {
+            // Thanos applies an override only with an explicit matcher type.
+            let glob = match o.tenant_matcher_type.as_str() {
+                "exact" => false,
+                "glob" => true,
+                _ => continue,
+            };
+            if glob {
+                if let Some(bad) = o.tenants.iter().find(|t| !glob::is_valid(t)) {
+                    return Err(invalid(format!("malformed glob pattern {bad:?}")));
+                }
+            }
+            overrides.push((o.shard_size, o.tenants, glob));
+        }
+        let zone_aware = !raw.zone_awareness_disabled;
+        let mut zones: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, e) in endpoints.iter().enumerate() {
+            let zone = if zone_aware {
+                e.az.clone()
+            } else {
+                String::new()
+            };
+            zones.entry(zone).or_default().push(i);
+        }
+        let zone_points = zones
+            .into_iter()
+            .map(|(z, idx)| (z, ring_points(endpoints, idx.into_iter())))
+            .collect();
+        Ok(Self {
+            shard_size: raw.shard_size,
+            zone_aware,
+            overrides,
+            zone_points,
+            rf,
+            cache_size: raw.cache_size.max(1),
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn shard_size_for(&self, tenant: &str) -> usize {
+        self.overrides
+            .iter()
+            .find(|(_, tenants, glob)| {
+                tenants.iter().any(|t| {
+                    if *glob {
+                        glob::matches(t, tenant)
+                    } else {
+                        t == tenant
+                    }
+                })
+            })
+            .map_or(self.shard_size, |o| o.0)
+    }
+
+    /// Endpoint indexes of the tenant's shard: per zone, random points from a generator seeded
+    /// by the tenant (and zone), each taking the first not-yet-chosen endpoint at or after it.
+    fn select(&self, tenant: &str) -> Vec<u32> {
+        let size = self.shard_size_for(tenant);
+        let per_zone = if self.zone_aware {
+            size.div_ceil(self.zone_points.len().max(1))
+        } else {
+            size
+        };
+        let mut chosen: Vec<u32> = Vec::new();
+        for (zone, points) in &self.zone_points {
+            let in_zone = points.len() / SECTIONS_PER_NODE as usize;
+            let mut rng = gorand::GoRand::new(shuffle_seed(tenant, zone));
+            for _ in 0..per_zone.min(in_zone) {
+                let r = rng.next_u64();
+                let mut j = points.partition_point(|p| p.0 < r) % points.len();
+                while chosen.contains(&points[j].1) {
+                    j = (j + 1) % points.len();
+                }
+                chosen.push(points[j].1);
+            }
+        }
+        chosen
+    }
+
+    fn sub_ring(
+        &self,
+        ring: &str,
+        endpoints: &[Endpoint],
+        tenant: &str,
+    ) -> Result<Arc<SubRing>, HashringError> {
+        if let Some(r) = self.cache.lock().get(tenant) {
+            return Ok(r.clone());
+        }
+        let map = self.select(tenant);
+        let eps = map.iter().map(|&i| endpoints[i as usize].clone()).collect();
+        let sub = Arc::new(SubRing {
+            ring: Ketama::new(ring, eps, self.rf)?,
+            map,
+        });
+        let mut cache = self.cache.lock();
+        if cache.len() >= self.cache_size {
+            // Rebuilding a shard is deterministic, so dropping them all is only a cost.
+            cache.clear();
+        }
+        cache.insert(tenant.to_string(), sub.clone());
+        Ok(sub)
+    }
+}
+
 /// Thanos's ketama walk never ends when the zones cannot spread `rf` replicas: each zone can
 /// take at most one more replica than the smallest zone has endpoints.
 fn check_zone_layout(endpoints: &[Endpoint], rf: usize) -> Result<(), String> {
@@ -230,6 +432,7 @@ struct Ring {
     tenants: Vec<String>,
     glob: bool,
     placer: Placer,
+    shuffle: Option<Shuffle>,
     external_labels: BTreeMap<String, String>,
 }
 
@@ -333,18 +536,18 @@ impl Hashrings {
                     sorted.sort_by(|a, b| a.address.cmp(&b.address));
                     Placer::Hashmod(sorted)
                 }
-                Algorithm::Ketama => {
-                    if r.shuffle_sharding_config.is_some() {
-                        return Err(invalid("shuffle sharding is not supported yet"));
-                    }
-                    Placer::Ketama(Ketama::new(&name, endpoints, rf)?)
-                }
+                Algorithm::Ketama => Placer::Ketama(Ketama::new(&name, endpoints, rf)?),
+            };
+            let shuffle = match (r.shuffle_sharding_config, &placer) {
+                (Some(raw), Placer::Ketama(k)) => Some(Shuffle::new(&name, raw, &k.endpoints, rf)?),
+                _ => None,
             };
             rings.push(Ring {
                 name,
                 tenants: r.tenants,
                 glob,
                 placer,
+                shuffle,
                 external_labels: r.external_labels,
             });
         }
@@ -365,7 +568,14 @@ impl Hashrings {
 
     /// The endpoint of replica `n` (0-based) of the series with this hash.
     pub fn get_n(&self, tenant: &str, hash: u64, n: usize) -> Result<&Endpoint, HashringError> {
-        match &self.ring_for(tenant)?.placer {
+        let ring = self.ring_for(tenant)?;
+        if let (Some(shuffle), Placer::Ketama(k)) = (&ring.shuffle, &ring.placer) {
+            let sub = shuffle.sub_ring(&ring.name, &k.endpoints, tenant)?;
+            let ep = sub.ring.get_n(hash, n)?;
+            let idx = sub.ring.endpoints.iter().position(|e| e == ep).unwrap_or(0);
+            return Ok(&k.endpoints[sub.map[idx] as usize]);
+        }
+        match &ring.placer {
             Placer::Hashmod(eps) => {
                 if n >= eps.len() {
                     return Err(HashringError::InsufficientNodes {
@@ -378,6 +588,22 @@ impl Hashrings {
             }
             Placer::Ketama(k) => k.get_n(hash, n),
         }
+    }
+
+    /// Addresses of the shuffle shard `tenant` writes to, sorted; `None` without shuffle
+    /// sharding.
+    pub fn shard_of(&self, tenant: &str) -> Option<Vec<String>> {
+        let ring = self.ring_for(tenant).ok()?;
+        let (Some(shuffle), Placer::Ketama(k)) = (&ring.shuffle, &ring.placer) else {
+            return None;
+        };
+        let mut out: Vec<String> = shuffle
+            .select(tenant)
+            .iter()
+            .map(|&i| k.endpoints[i as usize].address.clone())
+            .collect();
+        out.sort();
+        Some(out)
     }
 
     /// Every endpoint of every hashring.

@@ -176,3 +176,37 @@ fn ring_change_cases_and_movement() {
     }
     assert_eq!(count, 30);
 }
+
+#[test]
+fn shuffle_sharding_cases() {
+    let g = golden();
+    let mut count = 0;
+    for set in g["shuffle_sharding"].as_array().unwrap() {
+        let rf = rf(&set["replication_factor"]);
+        let r = Hashrings::from_json(&set["config"].to_string(), Algorithm::Ketama, rf)
+            .unwrap_or_else(|e| panic!("{}: {e}", set["name"]));
+        for c in set["cases"].as_array().unwrap() {
+            count += 1;
+            let tenant = s(&c["tenant"]);
+            for z in c["zone_seeds"].as_array().unwrap() {
+                let seed = wharf::hashring::shuffle_seed(tenant, s(&z["zone"]));
+                assert_eq!(seed.to_string(), s(&z["seed"]), "{} seed", c["id"]);
+                assert_eq!(
+                    wharf::hashring::go_rand_first(seed).to_string(),
+                    s(&z["first_random"]),
+                    "{} first random",
+                    c["id"]
+                );
+            }
+            assert_eq!(
+                r.shard_of(tenant),
+                Some(strings(&c["expected_shard"])),
+                "{} shard",
+                c["id"]
+            );
+            let h = hash_of(c);
+            assert_eq!(placement(&r, tenant, h, rf), strings(&c["expected"]), "{}", c["id"]);
+        }
+    }
+    assert_eq!(count, 30);
+}
