@@ -85,6 +85,10 @@ struct Args {
     /// Target process: report its CPU-seconds per million samples and RSS per series.
     #[arg(long)]
     pid: Option<u32>,
+    /// Other processes the load also costs (the ingestors behind a router, say): their summed
+    /// CPU-seconds per million samples over the same window.
+    #[arg(long, value_delimiter = ',')]
+    also_pids: Vec<u32>,
     /// Timestamp of round 0 in ms (default: now - rounds × interval, or now - 24 h).
     #[arg(long)]
     start_ms: Option<i64>,
@@ -739,6 +743,14 @@ struct ProcSample {
     hwm: u64,
 }
 
+/// Summed CPU-seconds of the given processes (those that exited count as 0).
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|&p| proc_sample(p))
+        .map(|s| s.cpu_s)
+        .sum()
+}
+
 fn proc_sample(pid: u32) -> Option<ProcSample> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after "(comm)": state is field 3, utime 14, stime 15.
@@ -978,6 +990,7 @@ fn run(a: &Args) -> Result<RunResult, String> {
     let all_done = |_: &Shared| handles.iter().all(|h| h.is_finished());
     let mut t_start = t_start0;
     let mut p_start = proc0;
+    let mut also_start = cpu_of(&a.also_pids);
     if a.warmup > 0.0 {
         // Warm-up: every series written once, then `--warmup` seconds more.
         while shared.done.iter().any(|d| d.load(Ordering::Acquire) == 0) && !all_done(&shared) {
@@ -988,6 +1001,7 @@ fn run(a: &Args) -> Result<RunResult, String> {
             thread::sleep(Duration::from_millis(5));
         }
         p_start = a.pid.and_then(proc_sample);
+        also_start = cpu_of(&a.also_pids);
         t_start = Instant::now();
         shared.measuring.store(true, Ordering::SeqCst);
     }
@@ -998,6 +1012,7 @@ fn run(a: &Args) -> Result<RunResult, String> {
     shared.stop.store(true, Ordering::SeqCst);
     let elapsed = t_start.elapsed().as_secs_f64();
     let p_end = a.pid.and_then(proc_sample);
+    let also_end = cpu_of(&a.also_pids);
     let mut total = StreamStats::default();
     let mut rounds_min = u64::MAX;
     for h in handles {
@@ -1088,6 +1103,14 @@ fn run(a: &Args) -> Result<RunResult, String> {
             s1.hwm,
             s1.rss as f64 / a.series as f64
         ));
+    }
+    if !a.also_pids.is_empty() && total.accepted_samples > 0 {
+        let per_m = (also_end - also_start) / total.accepted_samples as f64 * 1e6;
+        println!(
+            "also pids {:?}: {per_m:.3} CPU-s per 1M samples together",
+            a.also_pids
+        );
+        json.push_str(&format!(",\"also_cpu_s_per_1m\":{per_m:.4}"));
     }
     let sink_n = sink_samples.load(Ordering::Relaxed);
     if a.sink || a.url.is_none() {

@@ -254,16 +254,69 @@ impl Scratch {
         let decoded = snap::raw::Decoder::new()
             .decompress(body, &mut self.raw[..len])
             .map_err(|e| DecodeError::Snappy(e.to_string()));
-        let mut batch = std::mem::take(&mut self.spare).rebind();
-        let out = decoded
-            .and_then(|n| decode_into(&self.raw[..n], &mut batch))
-            .map(|()| f(&batch));
-        self.spare = batch.rebind();
+        let out = decoded.and_then(|n| {
+            let (raw, spare) = (&self.raw[..n], &mut self.spare);
+            with_batch(spare, raw, f)
+        });
         if self.raw.len() > SCRATCH_KEEP_BYTES {
             *self = Scratch::default();
         }
         out
     }
+
+    /// Decodes an uncompressed message whose field 1 holds the series (a remote-write request,
+    /// or a forwarded `thanos.WriteRequest`) into reused vectors and hands the batch to `f`.
+    pub fn decode_raw<R>(
+        &mut self,
+        raw: &[u8],
+        f: impl FnOnce(&WriteBatch<'_>) -> R,
+    ) -> Result<R, DecodeError> {
+        with_batch(&mut self.spare, raw, f)
+    }
+}
+
+fn with_batch<R>(
+    spare: &mut WriteBatch<'static>,
+    raw: &[u8],
+    f: impl FnOnce(&WriteBatch<'_>) -> R,
+) -> Result<R, DecodeError> {
+    let mut batch = std::mem::take(spare).rebind();
+    let out = decode_into(raw, &mut batch).map(|()| f(&batch));
+    *spare = batch.rebind();
+    out
+}
+
+/// The envelope of a forwarded `thanos.WriteRequest`. Its series (field 1) have the
+/// remote-write layout, so [`decode_into`] reads them from the same bytes without copying.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Forwarded<'a> {
+    /// Field 2.
+    pub tenant: &'a str,
+    /// Field 3: the 1-based replica the sender chose, 0 for a fresh write.
+    pub replica: i64,
+    /// Field 4 (per-tenant tuples, newer Thanos routers) is present.
+    pub has_tenant_tuples: bool,
+}
+
+/// Reads the envelope fields of a `thanos.WriteRequest`, skipping over its series.
+pub fn forwarded_envelope(buf: &[u8]) -> Result<Forwarded<'_>, DecodeError> {
+    let mut out = Forwarded::default();
+    let mut r = Reader::new(buf);
+    while !r.done() {
+        match r.key()? {
+            (2, WT_LEN) => {
+                out.tenant = std::str::from_utf8(r.bytes()?)
+                    .map_err(|_| DecodeError::Protobuf("tenant is not UTF-8"))?;
+            }
+            (3, WT_VARINT) => out.replica = r.varint()? as i64,
+            (4, WT_LEN) => {
+                r.bytes()?;
+                out.has_tenant_tuples = true;
+            }
+            (_, wt) => r.skip(wt)?,
+        }
+    }
+    Ok(out)
 }
 
 /// Parses a `prometheus.WriteRequest` and validates each series' label set.
@@ -647,6 +700,40 @@ mod tests {
         let raw = raw_request(&[extra]);
         let batch = decode(&raw).unwrap();
         assert_eq!(batch.labels, vec![("c", "z")]);
+    }
+
+    #[test]
+    fn forwarded_envelope_and_series_come_from_the_same_bytes() {
+        use crate::proto::thanos as pb;
+        let req = pb::WriteRequest {
+            timeseries: vec![series(&[("__name__", "up"), ("job", "a")], &[(5, 1.0)])],
+            tenant: "team-a".into(),
+            replica: 3,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let env = forwarded_envelope(&req).unwrap();
+        assert_eq!(
+            env,
+            Forwarded {
+                tenant: "team-a",
+                replica: 3,
+                has_tenant_tuples: false
+            }
+        );
+        let batch = decode(&req).unwrap();
+        assert_eq!(batch.labels, vec![("__name__", "up"), ("job", "a")]);
+        assert_eq!(batch.samples, vec![(5, 1.0)]);
+        let tuples = pb::WriteRequest {
+            timeseries_tenant_data: vec![pb::TimeSeriesTenantTuple {
+                timeseries: vec![],
+                tenant: "t".into(),
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert!(forwarded_envelope(&tuples).unwrap().has_tenant_tuples);
+        assert!(forwarded_envelope(&[0x12, 0x05, b'a']).is_err());
     }
 
     #[test]

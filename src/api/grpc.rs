@@ -10,7 +10,7 @@ use super::error::status;
 use crate::ingest::{Ingest, Outcome};
 use crate::model::{ErrorClass, Labels, MatchType, Matcher, TenantId};
 use crate::proto::thanos::info::{self as infopb, info_server};
-use crate::proto::thanos::{self as pb, store_server, writeable_store_server};
+use crate::proto::thanos::{self as pb, store_server};
 use crate::store::{self, LabelQuery, SeriesQuery, Shard};
 use crate::tsdb::ChunkData;
 
@@ -285,54 +285,171 @@ impl store_server::Store for GrpcState {
     }
 }
 
-#[tonic::async_trait]
-impl writeable_store_server::WriteableStore for GrpcState {
+/// `thanos.WriteableStore`, served by hand rather than through the generated server: the
+/// request stays raw bytes and its series are decoded in place by the remote-write decoder, as
+/// on the HTTP path, instead of into one heap string per label.
+#[derive(Debug, Clone)]
+pub struct WriteableStoreService {
+    state: GrpcState,
+    max_message_bytes: usize,
+}
+
+impl WriteableStoreService {
+    pub fn new(state: GrpcState, max_message_bytes: usize) -> Self {
+        Self {
+            state,
+            max_message_bytes,
+        }
+    }
+}
+
+impl tonic::server::NamedService for WriteableStoreService {
+    const NAME: &'static str = "thanos.WriteableStore";
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl tower::Service<tonic::codegen::http::Request<tonic::body::BoxBody>> for WriteableStoreService {
+    type Response = tonic::codegen::http::Response<tonic::body::BoxBody>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::BoxBody>) -> Self::Future {
+        if req.uri().path() != "/thanos.WriteableStore/RemoteWrite" {
+            return Box::pin(async { Ok(Status::unimplemented("unknown method").into_http()) });
+        }
+        let (state, max) = (self.state.clone(), self.max_message_bytes);
+        Box::pin(async move {
+            let mut grpc =
+                tonic::server::Grpc::new(RawWrite).apply_max_message_size_config(Some(max), None);
+            Ok(grpc.unary(RemoteWrite(state), req).await)
+        })
+    }
+}
+
+/// Decodes a request into its raw bytes; encodes the empty `WriteResponse`.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawWrite;
+
+impl tonic::codec::Codec for RawWrite {
+    type Encode = ();
+    type Decode = bytes::Bytes;
+    type Encoder = RawWrite;
+    type Decoder = RawWrite;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawWrite
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawWrite
+    }
+}
+
+impl tonic::codec::Encoder for RawWrite {
+    type Item = ();
+    type Error = Status;
+    fn encode(&mut self, _: (), _: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawWrite {
+    type Item = bytes::Bytes;
+    type Error = Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<bytes::Bytes>, Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+struct RemoteWrite(GrpcState);
+
+impl tonic::server::UnaryService<bytes::Bytes> for RemoteWrite {
+    type Response = ();
+    type Future = BoxFuture<Result<Response<()>, Status>>;
+
+    fn call(&mut self, req: Request<bytes::Bytes>) -> Self::Future {
+        let state = self.0.clone();
+        Box::pin(async move {
+            let reforwarded = req.metadata().contains_key(crate::peer::REFORWARDED);
+            state.remote_write(req.into_inner(), reforwarded).await?;
+            Ok(Response::new(()))
+        })
+    }
+}
+
+thread_local! {
+    /// Decode buffers of each blocking-pool thread, reused across forwarded writes.
+    static SCRATCH: std::cell::RefCell<crate::remote_write::Scratch> = Default::default();
+}
+
+impl GrpcState {
     /// Accepts forwarded writes from Thanos or Wharf routers. A 1-based `replica` names the
     /// replica the sender placed here: it is written locally (or passed on once if this node's
     /// ring disagrees); replica 0 is a fresh write, fanned out like a remote-write request.
-    async fn remote_write(
-        &self,
-        req: Request<pb::WriteRequest>,
-    ) -> Result<Response<pb::WriteResponse>, Status> {
+    async fn remote_write(&self, body: bytes::Bytes, reforwarded: bool) -> Result<(), Status> {
         let ingest = self.ingest()?.clone();
-        let reforwarded = req.metadata().contains_key(crate::peer::REFORWARDED);
-        let r = req.into_inner();
-        let default_tenant = self.default_tenant.clone();
-        let mut parts: Vec<(String, Vec<crate::proto::prom::TimeSeries>)> = r
-            .timeseries_tenant_data
-            .into_iter()
-            .map(|t| (t.tenant, t.timeseries))
-            .collect();
-        if parts.is_empty() {
-            parts.push((r.tenant, r.timeseries));
-        }
-        let replica = u64::try_from(r.replica).map_err(|_| {
-            status(
-                ErrorClass::BadRequest,
-                format!("negative replica {}", r.replica),
-            )
-        })?;
-        // A router-only node fans a forwarded request out afresh (router → ingestor trees).
-        let replica = match ingest.routing() {
-            Some(routing) if routing.is_router_only() => 0,
-            _ => replica,
+        let bad = |e: crate::remote_write::DecodeError| status(e.class(), e.to_string());
+        let tenant_of = |t: &str, default: &TenantId| {
+            if t.is_empty() {
+                Ok(default.clone())
+            } else {
+                TenantId::new(t).map_err(|e| status(ErrorClass::BadRequest, e.to_string()))
+            }
         };
+        let default_tenant = self.default_tenant.clone();
         let pending = blocking("write", move || {
+            let env = crate::remote_write::forwarded_envelope(&body).map_err(bad)?;
+            let replica = u64::try_from(env.replica).map_err(|_| {
+                status(
+                    ErrorClass::BadRequest,
+                    format!("negative replica {}", env.replica),
+                )
+            })?;
+            // A router-only node fans a forwarded request out afresh (router → ingestor trees).
+            let replica = match ingest.routing() {
+                Some(routing) if routing.is_router_only() => 0,
+                _ => replica,
+            };
             let mut pending = Vec::new();
-            for (tenant, series) in parts {
-                let tenant = if tenant.is_empty() {
-                    default_tenant.clone()
-                } else {
-                    TenantId::new(&tenant)
-                        .map_err(|e| status(ErrorClass::BadRequest, e.to_string()))?
-                };
-                let batch = crate::remote_write::from_timeseries(&series);
-                match ingest.write_request(&tenant, &batch, replica, reforwarded) {
+            let mut done = |out: Outcome| -> Result<(), Status> {
+                match out {
                     Outcome::Done(r) => {
                         r.map_err(|(_, e)| status(e.class(), e.to_string()))?;
                     }
                     Outcome::Forwarding(p) => pending.push(p),
                 }
+                Ok(())
+            };
+            if env.has_tenant_tuples {
+                // Several tenants in one request (unreleased Thanos main): rare, decoded fully.
+                use prost::Message;
+                let r = pb::WriteRequest::decode(body.as_ref())
+                    .map_err(|e| status(ErrorClass::BadRequest, format!("protobuf: {e}")))?;
+                for t in r.timeseries_tenant_data {
+                    let tenant = tenant_of(&t.tenant, &default_tenant)?;
+                    let batch = crate::remote_write::from_timeseries(&t.timeseries);
+                    done(ingest.write_request(&tenant, &batch, replica, reforwarded))?;
+                }
+            } else {
+                let tenant = tenant_of(env.tenant, &default_tenant)?;
+                let out = SCRATCH
+                    .with_borrow_mut(|s| {
+                        s.decode_raw(&body, |b| {
+                            ingest.write_request(&tenant, b, replica, reforwarded)
+                        })
+                    })
+                    .map_err(bad)?;
+                done(out)?;
             }
             Ok::<_, Status>(pending)
         })
@@ -342,6 +459,6 @@ impl writeable_store_server::WriteableStore for GrpcState {
                 .await
                 .map_err(|(_, e)| status(e.class(), e.to_string()))?;
         }
-        Ok(Response::new(pb::WriteResponse {}))
+        Ok(())
     }
 }

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Router overhead: remote write straight to one ingestor, versus through a router to two
+# ingestors at RF 1, and to three ingestors at RF 3. Every Wharf process is pinned to core 1,
+# the generator (benches/loadgen.rs) to core 0. Prints one Markdown table (docs/benchmarks.md).
+#
+#   scripts/bench-router.sh            # about 3 minutes, release build
+#   scripts/bench-router.sh --smoke    # seconds, dev build (run by scripts/test.sh)
+#   options: --out DIR (default target/bench-router/<time>)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+smoke=0 out=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --smoke) smoke=1 ;;
+    --out) out="$2"; shift ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if [ "$smoke" = 1 ]; then
+  cargo build --quiet --bin wharf
+  wharf_bin=target/debug/wharf
+  lg=$(cargo test --bench loadgen --no-run --message-format=json 2>/dev/null |
+    grep -o '"executable":"[^"]*loadgen[^"]*"' | tail -1 | cut -d'"' -f4)
+  load=(--series 2000 --batch 500 --concurrency 2 --warmup 0.5 --duration 1.5)
+else
+  cargo build --release --quiet --bin wharf
+  wharf_bin=target/release/wharf
+  lg=$(cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null |
+    grep -o '"executable":"[^"]*loadgen[^"]*"' | tail -1 | cut -d'"' -f4)
+  load=(--series 100000 --batch 2000 --concurrency 4 --warmup 10 --duration 30 --rounds 720)
+fi
+[ -x "$lg" ] || { echo "loadgen binary not found" >&2; exit 1; }
+LG() { "$lg" --bench "$@"; }
+
+out=${out:-target/bench-router/$(date +%Y%m%d-%H%M%S)$([ "$smoke" = 1 ] && echo -smoke)}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+work=$(mktemp -d "${TMPDIR:-/tmp}/bench-router.XXXXXX")
+if [ "$(nproc)" -ge 2 ]; then pin_target=(taskset -c 1) pin_gen=(taskset -c 0); else pin_target=() pin_gen=(); fi
+
+pids=()
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# node NAME RW GRPC HTTP [flags...]: starts one Wharf, sets npid.
+node() {
+  local name=$1 rw=$2 grpc=$3 http=$4
+  shift 4
+  mkdir -p "$work/$name"
+  "${pin_target[@]}" "$wharf_bin" receive --remote-write.address "127.0.0.1:$rw" \
+    --grpc-address "127.0.0.1:$grpc" --http-address "127.0.0.1:$http" \
+    --tsdb.path "$work/$name" "$@" >"$out/$name.log" 2>&1 &
+  npid=$!
+  pids+=("$npid")
+  LG --wait-ready "http://127.0.0.1:$http/-/ready" --timeout 60 >/dev/null ||
+    { echo "!! $name not ready" >&2; tail -20 "$out/$name.log" >&2; exit 1; }
+}
+
+stop_all() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
+
+# setup NAME INGESTORS RF: ingestors on a ring plus a router (none for 0 = direct).
+results="$out/results.jsonl"
+: >"$results"
+run() {
+  local name=$1 n=$2 rf=$3 ring eps=() ingestor_pids=() i p
+  echo "== $name"
+  if [ "$n" = 0 ]; then
+    read -r p1 p2 p3 < <(LG --free-ports 3)
+    node "$name-ingestor" "$p1" "$p2" "$p3"
+    "${pin_gen[@]}" "$lg" --bench --url "http://127.0.0.1:$p1/api/v1/receive" --pid "$npid" \
+      --target-name "$name" --scenario router "${load[@]}" >"$out/$name.txt" 2>&1
+  else
+    ring="$work/$name-hashrings.json"
+    local ports=()
+    for i in $(seq "$n"); do
+      read -r a b c < <(LG --free-ports 3)
+      ports+=("$a $b $c")
+      eps+=("\"127.0.0.1:$b\"")
+    done
+    (IFS=,; echo "[{\"hashring\":\"default\",\"endpoints\":[${eps[*]}]}]") >"$ring"
+    for i in $(seq "$n"); do
+      read -r a b c <<<"${ports[$((i - 1))]}"
+      node "$name-ingestor-$i" "$a" "$b" "$c" --receive.hashrings-file "$ring" \
+        --receive.local-endpoint "127.0.0.1:$b" --receive.replication-factor "$rf"
+      ingestor_pids+=("$npid")
+    done
+    read -r p1 p2 p3 < <(LG --free-ports 3)
+    node "$name-router" "$p1" "$p2" "$p3" --receive.hashrings-file "$ring" \
+      --receive.replication-factor "$rf"
+    "${pin_gen[@]}" "$lg" --bench --url "http://127.0.0.1:$p1/api/v1/receive" --pid "$npid" \
+      --also-pids "$(IFS=,; echo "${ingestor_pids[*]}")" --target-name "$name" --scenario router \
+      "${load[@]}" >"$out/$name.txt" 2>&1
+  fi
+  grep -v '^{' "$out/$name.txt" | sed 's/^/   /'
+  grep '^{' "$out/$name.txt" | tail -1 >>"$results"
+  stop_all
+}
+
+run direct 0 1
+run router-rf1-2-ingestors 2 1
+run router-rf3-3-ingestors 3 3
+
+python3 - "$results" <<'EOF' | tee "$out/table.md"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print("| setup | samples/s | router CPU-s / 1M | ingestors CPU-s / 1M | p50 | p99 |")
+print("|---|---:|---:|---:|---:|---:|")
+direct = None
+for r in rows:
+    name = r["target"]
+    if name == "direct":
+        direct = r.get("cpu_s_per_1m")
+        router, ing = "–", f'{r.get("cpu_s_per_1m", 0):.3f}'
+    else:
+        router, ing = f'{r.get("cpu_s_per_1m", 0):.3f}', f'{r.get("also_cpu_s_per_1m", 0):.3f}'
+    print(f'| {name} | {r["samples_per_s"]:,.0f} | {router} | {ing} | {r["p50_ms"]:.2f} ms | {r["p99_ms"]:.2f} ms |')
+if direct:
+    for r in rows:
+        if r["target"] != "direct" and r.get("cpu_s_per_1m"):
+            print(f'\n{r["target"]}: router CPU per sample = {r["cpu_s_per_1m"] / direct:.0%} of the ingestor\'s own')
+EOF
+bad=$(grep -c '"accepted_samples":0[,}]' "$results" || true)
+[ "$bad" = 0 ] || { echo "!! a setup accepted no samples; see $out" >&2; exit 1; }
