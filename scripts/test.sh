@@ -29,3 +29,4 @@ cargo nextest run --lib --bins --tests --no-fail-fast --failure-output final
 echo "== benchmark smoke run (each benchmark once)"
 cargo test --benches --quiet
 scripts/bench-compare.sh --smoke
+scripts/bench-router.sh --smoke

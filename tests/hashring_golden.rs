@@ -205,7 +205,12 @@ fn shuffle_sharding_cases() {
                 c["id"]
             );
             let h = hash_of(c);
-            assert_eq!(placement(&r, tenant, h, rf), strings(&c["expected"]), "{}", c["id"]);
+            assert_eq!(
+                placement(&r, tenant, h, rf),
+                strings(&c["expected"]),
+                "{}",
+                c["id"]
+            );
         }
     }
     assert_eq!(count, 30);
