@@ -1006,7 +1006,7 @@ fn run(a: &Args) -> Result<RunResult, String> {
         shared.measuring.store(true, Ordering::SeqCst);
     }
     let deadline = (a.duration > 0.0).then(|| t_start + Duration::from_secs_f64(a.duration));
-    while !all_done(&shared) && deadline.map_or(true, |d| Instant::now() < d) {
+    while !all_done(&shared) && deadline.is_none_or(|d| Instant::now() < d) {
         thread::sleep(Duration::from_millis(2));
     }
     shared.stop.store(true, Ordering::SeqCst);

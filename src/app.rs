@@ -1,6 +1,7 @@
 //! Composition root: binds the listeners, opens the tenant TSDBs, serves, and shuts down in order
 //! (stop accepting → finish in-flight writes → sync and close every WAL).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use crate::peer::Peers;
 use crate::proto::snappy::AcceptSnappyLayer;
 use crate::proto::thanos::info::info_server::InfoServer;
 use crate::proto::thanos::store_server::StoreServer;
+use crate::shipper::Shipper;
 use crate::telemetry::{metrics, Check};
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +87,18 @@ pub async fn start(cfg: ReceiveConfig) -> Result<Running, AppError> {
         Some(rc) => Some(Arc::new(load_routing(rc).await?)),
         None => None,
     };
+    let shipper = match &cfg.objstore {
+        Some(yaml) => {
+            let bucket =
+                crate::objstore::from_yaml(yaml).map_err(|e| AppError::Server(e.to_string()))?;
+            tracing::info!(bucket = %bucket.name, "uploading blocks to object storage");
+            Some(Arc::new(Shipper::new(bucket)))
+        }
+        None => {
+            tracing::info!("no object storage configured; blocks stay local");
+            None
+        }
+    };
     let rw = bind(cfg.remote_write_address).await?;
     let grpc = bind(cfg.grpc_address).await?;
     let ops = bind(cfg.http_address).await?;
@@ -119,7 +133,7 @@ pub async fn start(cfg: ReceiveConfig) -> Result<Running, AppError> {
         }
     }
     let task = tokio::spawn(run(
-        cfg, rw, grpc, ops, http_state, grpc_state, cell, routing, rx,
+        cfg, rw, grpc, ops, http_state, grpc_state, cell, routing, shipper, rx,
     ));
     tracing::info!(%remote_write_addr, %grpc_addr, %http_addr, "listening");
     Ok(Running {
@@ -247,6 +261,77 @@ async fn watch_hashrings(
     }
 }
 
+/// Longest wait at shutdown for the last upload of blocks.
+const FINAL_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Per tenant: when its next sync is due, and the back-off while syncs fail (none when the
+/// last sync succeeded).
+type SyncPlan = HashMap<String, (Instant, Option<Duration>)>;
+
+/// Syncs every tenant whose turn it is; a failed tenant retries after an exponential back-off
+/// (1 s doubling to `interval`, with jitter) while the others go on.
+async fn sync_all(db: &MultiTsdb, shipper: &Shipper, plan: &mut SyncPlan, interval: Duration) {
+    for t in db.tenants() {
+        let key = t.tenant.as_str().to_string();
+        let now = Instant::now();
+        let (due, backoff) = plan.get(&key).copied().unwrap_or((now, None));
+        if due > now {
+            continue;
+        }
+        match shipper.sync(t.tenant.as_str(), t.db.dir()).await {
+            Ok(stats) => {
+                if stats.found > 0 {
+                    tracing::info!(tenant = %t.tenant, blocks = stats.found, "blocks already in the bucket recorded as uploaded");
+                }
+                plan.insert(key, (now + interval, None));
+            }
+            Err(error) => {
+                // Never slower than the regular sync: Thanos simply retries at the next tick.
+                let backoff = backoff.map_or(Duration::from_secs(1), |b| {
+                    (b * 2).min(interval.max(Duration::from_secs(1)))
+                });
+                let wait = backoff.mul_f64(0.5 + jitter());
+                tracing::warn!(tenant = %t.tenant, %error, retry_in = ?wait, "block sync failed");
+                plan.insert(key, (now + wait, Some(backoff)));
+            }
+        }
+    }
+}
+
+/// A value in [0, 1) that differs between calls, to spread retries.
+fn jitter() -> f64 {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    f64::from(n % 1000) / 1000.0
+}
+
+async fn ship_loop(
+    db: Arc<MultiTsdb>,
+    shipper: Arc<Shipper>,
+    interval: Duration,
+    cut: Arc<tokio::sync::Notify>,
+    rx: watch::Receiver<bool>,
+) {
+    let mut plan = SyncPlan::new();
+    loop {
+        sync_all(&db, &shipper, &mut plan, interval).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = cut.notified() => {
+                // Fresh blocks: every tenant that is not backing off syncs now.
+                let now = Instant::now();
+                for (due, backoff) in plan.values_mut() {
+                    if backoff.is_none() {
+                        *due = now;
+                    }
+                }
+            }
+            _ = stopped(rx.clone()) => return,
+        }
+    }
+}
+
 fn local(l: &TcpListener) -> Result<SocketAddr, AppError> {
     l.local_addr()
         .map_err(|e| AppError::Server(format!("local address: {e}")))
@@ -285,6 +370,7 @@ async fn run(
     grpc_state: GrpcState,
     cell: Arc<OnceLock<Arc<Ingest>>>,
     routing: Option<Arc<Routing>>,
+    shipper: Option<Arc<Shipper>>,
     rx: watch::Receiver<bool>,
 ) -> Result<(), AppError> {
     let rw_srv = tokio::spawn({
@@ -360,8 +446,19 @@ async fn run(
         tracing::info!(tenants = db.tenants().len(), duration = ?started.elapsed(), "tsdb ready, accepting writes");
     }
 
+    let cut = Arc::new(tokio::sync::Notify::new());
+    let ship_task = match (&tsdb, &shipper) {
+        (Some(db), Some(s)) => Some(tokio::spawn(ship_loop(
+            db.clone(),
+            s.clone(),
+            cfg.shipper_sync_interval,
+            cut.clone(),
+            rx.clone(),
+        ))),
+        _ => None,
+    };
     let compactor = tsdb.clone().map(|db| {
-        let (every, rx) = (cfg.compaction_interval, rx.clone());
+        let (every, rx, cut) = (cfg.compaction_interval, rx.clone(), cut.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -371,8 +468,11 @@ async fn run(
                     _ = stopped(rx.clone()) => return,
                 }
                 let db = db.clone();
-                if let Err(e) = tokio::task::spawn_blocking(move || db.compact_all()).await {
-                    tracing::error!(error = %e, "compaction task failed");
+                match tokio::task::spawn_blocking(move || db.compact_all()).await {
+                    // New blocks go to the bucket now rather than at the next sync tick.
+                    Ok(n) if n > 0 => cut.notify_one(),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "compaction task failed"),
                 }
             }
         })
@@ -402,6 +502,20 @@ async fn run(
     if let Some(c) = compactor {
         // A block being written finishes first; the WAL must not close under it.
         let _ = c.await;
+    }
+    if let Some(t) = ship_task {
+        let _ = t.await;
+    }
+    if let (Some(db), Some(s)) = (&tsdb, &shipper) {
+        // One last attempt for blocks not in the bucket yet, bounded like Thanos's final sync.
+        let mut plan = SyncPlan::new();
+        let last = sync_all(db, s, &mut plan, Duration::ZERO);
+        if tokio::time::timeout(FINAL_SYNC_TIMEOUT, last)
+            .await
+            .is_err()
+        {
+            tracing::warn!(timeout = ?FINAL_SYNC_TIMEOUT, "final block upload unfinished; the next start resumes it");
+        }
     }
     if let Some(db) = tsdb {
         tokio::task::spawn_blocking(move || db.close())

@@ -236,13 +236,21 @@ pub struct ReceiveArgs {
     /// When the WAL is fsynced: os (default, survives process kills) or always (survives power loss).
     #[arg(long = "tsdb.wal-sync", env = "WHARF_TSDB_WAL_SYNC", value_enum, default_value_t = WalSyncArg::Os)]
     pub wal_sync: WalSyncArg,
-    /// Object storage configuration file (Thanos objstore YAML). Uploading is not implemented
-    /// yet: when set, blocks are kept locally and retention deletes none of them.
+    /// Object storage configuration file (Thanos objstore YAML): blocks are uploaded there, and
+    /// retention deletes only uploaded blocks.
     #[arg(long = "objstore.config-file", env = "WHARF_OBJSTORE_CONFIG_FILE")]
     pub objstore_config_file: Option<PathBuf>,
-    /// Object storage configuration as inline YAML (same caveat as --objstore.config-file).
+    /// Object storage configuration as inline YAML, instead of --objstore.config-file.
     #[arg(long = "objstore.config", env = "WHARF_OBJSTORE_CONFIG")]
     pub objstore_config: Option<String>,
+    /// How often each tenant's blocks are synced with the bucket (Thanos: 30s).
+    #[arg(
+        long = "shipper.sync-interval",
+        env = "WHARF_SHIPPER_SYNC_INTERVAL",
+        default_value = "30s",
+        hide = true
+    )]
+    pub shipper_sync_interval: String,
     /// How often each tenant's head is checked for a block to cut and retention is applied.
     #[arg(
         long = "tsdb.compaction-interval",
@@ -482,8 +490,9 @@ pub struct ReceiveConfig {
     /// Set when no --label was given and a default replica label was added.
     pub defaulted_label: Option<String>,
     pub compaction_interval: Duration,
-    /// An objstore flag was given (uploads are not implemented yet).
-    pub objstore_configured: bool,
+    /// The objstore YAML, when an objstore flag was given.
+    pub objstore: Option<String>,
+    pub shipper_sync_interval: Duration,
     /// Hashring routing; none on a single node.
     pub routing: Option<RoutingConfig>,
 }
@@ -514,8 +523,33 @@ impl ReceiveArgs {
                 reason: "must be positive".into(),
             });
         }
-        let objstore_configured =
-            self.objstore_config_file.is_some() || self.objstore_config.is_some();
+        let objstore = match (&self.objstore_config_file, &self.objstore_config) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    flag: "objstore.config",
+                    reason: "give either --objstore.config or --objstore.config-file".into(),
+                })
+            }
+            (Some(path), None) => {
+                Some(
+                    std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+                        flag: "objstore.config-file",
+                        reason: format!("read {}: {e}", path.display()),
+                    })?,
+                )
+            }
+            (None, Some(yaml)) => Some(yaml.clone()),
+            (None, None) => None,
+        };
+        let objstore_configured = objstore.is_some();
+        let shipper_sync_interval =
+            parse_duration("shipper.sync-interval", &self.shipper_sync_interval)?;
+        if shipper_sync_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                flag: "shipper.sync-interval",
+                reason: "must be positive".into(),
+            });
+        }
         if !parse_duration("tsdb.out-of-order.time-window", &self.ooo_window)?.is_zero() {
             return Err(ConfigError::Unsupported {
                 flag: "tsdb.out-of-order.time-window".into(),
@@ -583,7 +617,8 @@ impl ReceiveArgs {
             decode: crate::remote_write::Options::default(),
             defaulted_label,
             compaction_interval,
-            objstore_configured,
+            objstore,
+            shipper_sync_interval,
             routing,
         })
     }
@@ -767,10 +802,17 @@ mod tests {
 
     #[test]
     fn unimplemented_flags_warn_or_refuse() {
-        let (c, w) =
-            receive(&["--objstore.config-file", "bucket.yml", "--tsdb.no-lockfile"]).unwrap();
+        let (c, w) = receive(&[
+            "--objstore.config",
+            "type: FILESYSTEM",
+            "--tsdb.no-lockfile",
+        ])
+        .unwrap();
         assert_eq!(w.len(), 1);
-        assert!(c.objstore_configured && c.multitsdb.keep_blocks);
+        assert!(c.objstore.is_some() && c.multitsdb.keep_blocks);
+        assert!(receive(&["--objstore.config-file", "/no/such/bucket.yml"])
+            .unwrap_err()
+            .contains("bucket.yml"));
         assert_eq!(c.multitsdb.retention_ms, 15 * 24 * 3600 * 1000);
         assert!(receive(&["--receive.replication-factor", "3"])
             .unwrap_err()

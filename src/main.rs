@@ -14,9 +14,6 @@ fn main() -> anyhow::Result<()> {
                 tracing::warn!("{w}");
             }
             let cfg = args.into_config()?;
-            if cfg.objstore_configured {
-                tracing::warn!("object storage upload is not implemented yet; blocks stay local and retention deletes none of them");
-            }
             if let Some(l) = &cfg.defaulted_label {
                 tracing::info!(label = %l, "no --label given; using a replica label from the hostname");
             }

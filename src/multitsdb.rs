@@ -52,8 +52,7 @@ pub struct Options {
     pub default_tenant: TenantId,
     /// `--tsdb.retention` in ms; 0 keeps blocks forever.
     pub retention_ms: i64,
-    /// Object storage is configured: blocks may not be deleted before they are uploaded, and
-    /// uploading does not exist yet, so retention deletes nothing.
+    /// Object storage is configured: retention deletes only blocks already uploaded.
     pub keep_blocks: bool,
 }
 
@@ -220,9 +219,11 @@ impl MultiTsdb {
         Ok(res)
     }
 
-    /// Cuts due blocks and applies retention for every tenant; one log line per block. Blocking.
-    pub fn compact_all(&self) {
+    /// Cuts due blocks and applies retention for every tenant; one log line per block. Returns
+    /// how many blocks were cut. Blocking.
+    pub fn compact_all(&self) -> usize {
         let m = metrics();
+        let mut cut = 0;
         for t in self.tenants() {
             let tl = telemetry::tenant(t.tenant.as_str());
             match t.db.compact(&t.external_labels) {
@@ -234,6 +235,7 @@ impl MultiTsdb {
                             continue;
                         };
                         m.compactions.get_or_create(&tl).inc();
+                        cut += 1;
                         m.compaction_duration
                             .get_or_create(&tl)
                             .observe(c.duration.as_secs_f64());
@@ -247,10 +249,13 @@ impl MultiTsdb {
                     tracing::error!(tenant = %t.tenant, error = %e, "head compaction failed");
                 }
             }
-            match t
-                .db
-                .apply_retention(self.opts.retention_ms, self.opts.keep_blocks)
-            {
+            // With object storage, a block leaves the disk only once the bucket has it.
+            let uploaded = self
+                .opts
+                .keep_blocks
+                .then(|| crate::shipper::read_uploaded(t.db.dir()));
+            let deletable = |ulid: &str| uploaded.as_ref().is_none_or(|u| u.contains(ulid));
+            match t.db.apply_retention(self.opts.retention_ms, &deletable) {
                 Ok(deleted) => {
                     for ulid in deleted {
                         m.blocks_deleted.get_or_create(&tl).inc();
@@ -266,6 +271,7 @@ impl MultiTsdb {
                 .set(t.db.num_blocks() as i64);
             update_head_metrics(&t.tenant, &t.db.snapshot());
         }
+        cut
     }
 
     /// Every open tenant, in tenant order.

@@ -82,6 +82,12 @@ pub struct Metrics {
     pub blocks_loaded: Family<Tenant, Gauge>,
     pub head_truncations: Family<Tenant, Counter>,
     pub blocks_deleted: Family<Tenant, Counter>,
+    pub shipper_uploads: Family<Tenant, Counter>,
+    pub shipper_upload_failures: Family<Tenant, Counter>,
+    pub shipper_dir_syncs: Family<Tenant, Counter>,
+    pub shipper_dir_sync_failures: Family<Tenant, Counter>,
+    pub shipper_upload_bytes: Family<Tenant, Counter>,
+    pub shipper_upload_duration: HistFamily<Tenant>,
     pub forward_requests: Family<ResultLabel, Counter>,
     pub replications: Family<ResultLabel, Counter>,
     pub forward_delay: Histogram,
@@ -133,6 +139,12 @@ impl Metrics {
             blocks_loaded: Family::default(),
             head_truncations: Family::default(),
             blocks_deleted: Family::default(),
+            shipper_uploads: Family::default(),
+            shipper_upload_failures: Family::default(),
+            shipper_dir_syncs: Family::default(),
+            shipper_dir_sync_failures: Family::default(),
+            shipper_upload_bytes: Family::default(),
+            shipper_upload_duration: Family::new_with_constructor(compaction_hist),
             forward_requests: Family::default(),
             replications: Family::default(),
             forward_delay: duration_hist(),
@@ -264,6 +276,36 @@ impl Metrics {
             "prometheus_tsdb_time_retentions",
             "Blocks deleted by time retention",
             m.blocks_deleted.clone(),
+        );
+        r.register(
+            "thanos_shipper_uploads",
+            "Blocks uploaded to the bucket",
+            m.shipper_uploads.clone(),
+        );
+        r.register(
+            "thanos_shipper_upload_failures",
+            "Block uploads that failed (retried at the next sync)",
+            m.shipper_upload_failures.clone(),
+        );
+        r.register(
+            "thanos_shipper_dir_syncs",
+            "Syncs of a tenant's blocks with the bucket",
+            m.shipper_dir_syncs.clone(),
+        );
+        r.register(
+            "thanos_shipper_dir_sync_failures",
+            "Syncs that ended in a failure",
+            m.shipper_dir_sync_failures.clone(),
+        );
+        r.register(
+            "wharf_shipper_upload_bytes",
+            "Bytes of blocks uploaded",
+            m.shipper_upload_bytes.clone(),
+        );
+        r.register(
+            "wharf_shipper_upload_duration_seconds",
+            "Time to upload one block",
+            m.shipper_upload_duration.clone(),
         );
         r.register(
             "thanos_receive_forward_requests",

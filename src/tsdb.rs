@@ -600,14 +600,15 @@ impl Tsdb {
         Ok(out)
     }
 
-    /// Deletes local blocks that end more than `retention` ms before the newest data, unless
-    /// `keep_all` (blocks may not be uploaded yet). Returns the deleted blocks' ULIDs. Blocking.
+    /// Deletes local blocks that end more than `retention` ms before the newest data and that
+    /// `deletable` allows (with object storage: only uploaded ones). Returns the deleted blocks'
+    /// ULIDs. Blocking.
     pub fn apply_retention(
         &self,
         retention: i64,
-        keep_all: bool,
+        deletable: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<String>, TsdbError> {
-        if keep_all || retention <= 0 {
+        if retention <= 0 {
             return Ok(Vec::new());
         }
         let doomed: Vec<Arc<Block>> = {
@@ -622,7 +623,7 @@ impl Tsdb {
             let (gone, kept): (Vec<_>, Vec<_>) = inner
                 .blocks
                 .drain(..)
-                .partition(|b| b.meta().max_time <= cutoff);
+                .partition(|b| b.meta().max_time <= cutoff && deletable(&b.meta().ulid));
             inner.blocks = kept;
             gone
         };
@@ -701,9 +702,9 @@ mod tests {
         assert_eq!(db.num_blocks(), 3);
         assert!(db.compact(&ext).unwrap().is_empty(), "nothing more is due");
         // With uploads pending nothing may go, whatever the retention.
-        assert!(db.apply_retention(1, true).unwrap().is_empty());
+        assert!(db.apply_retention(1, &|_| false).unwrap().is_empty());
         // Newest sample is at 8h - 1m; a 4h retention drops blocks ending at or before ~4h.
-        let deleted = db.apply_retention(4 * 3600 * 1000, false).unwrap();
+        let deleted = db.apply_retention(4 * 3600 * 1000, &|_| true).unwrap();
         assert_eq!(
             deleted.len(),
             1,

@@ -1635,7 +1635,7 @@ mod tests {
             if compressible {
                 let run = (x % 40) as usize + 1;
                 let byte = (x >> 8) as u8 % 4;
-                out.extend(std::iter::repeat(byte).take(run.min(len - out.len())));
+                out.extend(std::iter::repeat_n(byte, run.min(len - out.len())));
             } else {
                 out.push(x as u8);
             }

@@ -1,0 +1,505 @@
+//! Block upload against a real S3 server on loopback (`s3s` + `s3s-fs`, SigV4 checked), driven
+//! through Wharf's own `object_store` client in the real binary; and the FILESYSTEM type.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use wharf::tsdb::block;
+
+const RANGE: i64 = 2 * 3600 * 1000;
+const STEP: i64 = 60_000;
+const SERIES: usize = 10;
+/// Six hours of minutely samples: two 2h blocks get cut.
+const ROUNDS: i64 = 6 * 3600 * 1000 / STEP;
+const ACCESS: &str = "wharf-test";
+const SECRET: &str = "wharf-test-secret";
+
+fn base() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    (now - 3 * 24 * 3600 * 1000) / RANGE * RANGE
+}
+
+fn write_all(rw: SocketAddr, base: i64) {
+    for chunk in (0..ROUNDS).collect::<Vec<_>>().chunks(60) {
+        let ts = (0..SERIES)
+            .map(|i| {
+                let idx = format!("{i:02}");
+                let samples: Vec<(i64, f64)> = chunk
+                    .iter()
+                    .map(|&r| (base + r * STEP, (i as f64) + r as f64))
+                    .collect();
+                series(&[("__name__", "ship_test"), ("idx", &idx)], &samples)
+            })
+            .collect();
+        let (code, body) = write(rw, None, ts);
+        assert_eq!(code, 200, "{body}");
+    }
+}
+
+/// One request the S3 server saw: method, path (`/bucket/key`), and whether it was served.
+type Seen = (String, String, bool);
+
+/// An S3 server on a loopback port: s3s-fs on a temp dir behind SigV4, recording every request
+/// and able to fail all of them (an outage) on demand.
+struct S3Server {
+    addr: SocketAddr,
+    root: tempfile::TempDir,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    failing: Arc<AtomicBool>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl S3Server {
+    fn start() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("blocks")).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
+        let mut b = s3s::service::S3ServiceBuilder::new(fs);
+        b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS, SECRET));
+        let svc = b.build();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let failing = Arc::new(AtomicBool::new(false));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen2, failing2) = (seen.clone(), failing.clone());
+        rt.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (svc, seen, failing) = (svc.clone(), seen2.clone(), failing2.clone());
+                tokio::spawn(async move {
+                    let handler = hyper::service::service_fn(move |req| {
+                        let (svc, seen, failing) = (svc.clone(), seen.clone(), failing.clone());
+                        async move {
+                            let (m, p) = (req.method().to_string(), req.uri().path().to_string());
+                            if failing.load(Ordering::SeqCst) {
+                                seen.lock().unwrap().push((m, p, false));
+                                return Ok(hyper::Response::builder()
+                                    .status(503)
+                                    .body(s3s::Body::empty())
+                                    .unwrap());
+                            }
+                            let resp = hyper::service::Service::call(&svc, req).await;
+                            let ok = resp.as_ref().is_ok_and(|r| r.status().is_success());
+                            seen.lock().unwrap().push((m, p, ok));
+                            resp
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            root,
+            seen,
+            failing,
+            _rt: rt,
+        }
+    }
+
+    fn yaml(&self, secret: &str) -> String {
+        format!(
+            "type: S3\nconfig:\n  bucket: blocks\n  endpoint: {}\n  region: us-east-1\n  access_key: {ACCESS}\n  secret_key: {secret}\n  insecure: true\n",
+            self.addr
+        )
+    }
+
+    fn bucket(&self) -> PathBuf {
+        self.root.path().join("blocks")
+    }
+
+    /// Successful writes, in order: (method, key).
+    fn writes(&self) -> Vec<(String, String)> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, _, ok)| *ok && (m == "PUT" || m == "POST"))
+            .map(|(m, p, _)| (m.clone(), p.trim_start_matches("/blocks/").to_string()))
+            .collect()
+    }
+
+    fn meta_puts(&self, ulid: &str) -> usize {
+        let key = format!("{ulid}/meta.json");
+        self.writes().iter().filter(|(_, k)| *k == key).count()
+    }
+}
+
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> bool,
+    ctx: impl Fn() -> String,
+) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out waiting for {what}\n{}",
+            ctx()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn tenant_dir(data: &Path) -> PathBuf {
+    data.join("default-tenant")
+}
+
+fn local_ulids(data: &Path) -> Vec<String> {
+    block::list_blocks(&tenant_dir(data))
+        .unwrap_or_default()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn shipper_json(data: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(tenant_dir(data).join("thanos.shipper.json"))
+        .unwrap_or_else(|_| "{\"version\":1,\"uploaded\":[]}".into());
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["version"], 1);
+    v["uploaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn metric(http: SocketAddr, name: &str) -> f64 {
+    let (_, text) = get(&format!("http://{http}/metrics")).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The bucket's copy of a block passes the verifier and holds what the local block holds; a
+/// real Prometheus (promtool) reads every sample of it.
+fn assert_bucket_block(bucket_block: &Path, local_samples: u64) {
+    let problems = block::verify(bucket_block).expect("verify bucket copy");
+    assert!(problems.is_empty(), "{problems:?}");
+    let b = block::Block::open(bucket_block).expect("open bucket copy");
+    assert_eq!(b.meta().stats.num_samples, local_samples);
+    let th = b.meta().thanos.clone().expect("thanos section");
+    assert_eq!(th.source, "receive");
+    assert_eq!(
+        th.labels.get("tenant_id").map(String::as_str),
+        Some("default-tenant")
+    );
+    assert!(th.upload_time.is_some());
+    // promtool wants a TSDB directory: the block next to an empty wal/.
+    let db = tempfile::tempdir().unwrap();
+    let name = bucket_block.file_name().unwrap();
+    copy_dir(bucket_block, &db.path().join(name));
+    std::fs::create_dir(db.path().join("wal")).unwrap();
+    let out = std::process::Command::new("/usr/bin/promtool")
+        .args(["tsdb", "dump", &db.path().to_string_lossy()])
+        .output()
+        .expect("promtool (scripts/test.sh installs Debian's prometheus)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("ship_test"))
+        .count() as u64;
+    assert_eq!(lines, local_samples, "promtool reads every sample");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn spawn(data: &Path, objstore: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut args = vec![
+        "--objstore.config",
+        objstore,
+        "--tsdb.compaction-interval",
+        "100ms",
+        "--shipper.sync-interval",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn_env(data, &args, env)
+}
+
+#[test]
+fn blocks_reach_s3_complete_in_order_with_meta_json_last() {
+    let s3 = S3Server::start();
+    let data = tempfile::tempdir().unwrap();
+    let p = spawn(data.path(), &s3.yaml(SECRET), &[], &[]);
+    wait_ready(p.http, Duration::from_secs(30));
+    let base = base();
+    write_all(p.rw, base);
+    wait_until(
+        "two blocks in the bucket",
+        Duration::from_secs(60),
+        || {
+            let ulids = local_ulids(data.path());
+            ulids.len() == 2 && ulids.iter().all(|u| s3.meta_puts(u) == 1)
+        },
+        || p.logs(),
+    );
+    let ulids = local_ulids(data.path());
+    let writes = s3.writes();
+    let pos = |key: &str| writes.iter().position(|(_, k)| k == key);
+    for u in &ulids {
+        let meta = pos(&format!("{u}/meta.json")).unwrap();
+        let index = pos(&format!("{u}/index")).expect("index uploaded");
+        let chunk = pos(&format!("{u}/chunks/000001")).expect("chunks uploaded");
+        assert!(chunk < index && index < meta, "{u}: {writes:?}");
+        let local = block::Block::open(&tenant_dir(data.path()).join(u)).unwrap();
+        assert_bucket_block(&s3.bucket().join(u), local.meta().stats.num_samples);
+    }
+    // Oldest first: the first block is complete before the second starts.
+    let first_meta = pos(&format!("{}/meta.json", ulids[0])).unwrap();
+    let second_chunk = pos(&format!("{}/chunks/000001", ulids[1])).unwrap();
+    assert!(first_meta < second_chunk, "{writes:?}");
+    wait_until(
+        "shipper file",
+        Duration::from_secs(10),
+        || shipper_json(data.path()) == ulids,
+        || p.logs(),
+    );
+    assert!(metric(p.http, "thanos_shipper_uploads_total") >= 2.0);
+    assert!(p.logs().contains("block uploaded"), "{}", p.logs());
+}
+
+#[test]
+fn outage_loses_nothing_and_uploads_resume_in_order_then_retention_deletes() {
+    let s3 = S3Server::start();
+    s3.failing.store(true, Ordering::SeqCst);
+    let data = tempfile::tempdir().unwrap();
+    let p = spawn(
+        data.path(),
+        &s3.yaml(SECRET),
+        &["--tsdb.retention", "1h"],
+        &[],
+    );
+    wait_ready(p.http, Duration::from_secs(30));
+    write_all(p.rw, base());
+    wait_until(
+        "blocks cut and uploads failing",
+        Duration::from_secs(60),
+        || {
+            local_ulids(data.path()).len() == 2
+                && metric(p.http, "thanos_shipper_dir_sync_failures_total") >= 2.0
+        },
+        || p.logs(),
+    );
+    // Past retention but not in the bucket: nothing may be deleted.
+    std::thread::sleep(Duration::from_secs(2));
+    let ulids = local_ulids(data.path());
+    assert_eq!(ulids.len(), 2, "blocks kept while the bucket is down");
+    assert!(s3.writes().is_empty());
+    assert!(shipper_json(data.path()).is_empty());
+
+    s3.failing.store(false, Ordering::SeqCst);
+    wait_until(
+        "uploads after the outage",
+        Duration::from_secs(60),
+        || ulids.iter().all(|u| s3.meta_puts(u) == 1),
+        || p.logs(),
+    );
+    let writes = s3.writes();
+    let pos = |key: &str| writes.iter().position(|(_, k)| k == key).unwrap();
+    assert!(pos(&format!("{}/meta.json", ulids[0])) < pos(&format!("{}/chunks/000001", ulids[1])));
+    for u in &ulids {
+        assert!(block::verify(&s3.bucket().join(u)).unwrap().is_empty());
+    }
+    // Uploaded and past retention: now they go.
+    wait_until(
+        "retention after upload",
+        Duration::from_secs(30),
+        || local_ulids(data.path()).is_empty(),
+        || p.logs(),
+    );
+    assert!(p.logs().contains("block deleted by retention"));
+}
+
+#[test]
+fn wrong_credentials_fail_loudly_and_delete_nothing() {
+    let s3 = S3Server::start();
+    let data = tempfile::tempdir().unwrap();
+    let p = spawn(
+        data.path(),
+        &s3.yaml("not-the-secret"),
+        &["--tsdb.retention", "1h"],
+        &[],
+    );
+    wait_ready(p.http, Duration::from_secs(30));
+    write_all(p.rw, base());
+    wait_until(
+        "failed syncs",
+        Duration::from_secs(60),
+        || {
+            local_ulids(data.path()).len() == 2
+                && metric(p.http, "thanos_shipper_dir_sync_failures_total") >= 2.0
+        },
+        || p.logs(),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(local_ulids(data.path()).len(), 2, "nothing deleted");
+    assert!(s3.writes().is_empty(), "the server refused every request");
+    assert!(shipper_json(data.path()).is_empty());
+    let logs = p.logs();
+    assert!(
+        logs.contains("block sync failed") && logs.contains("403"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn kill_during_upload_then_restart_uploads_each_block_once_and_complete() {
+    let s3 = S3Server::start();
+    let data = tempfile::tempdir().unwrap();
+    let yaml = s3.yaml(SECRET);
+    let mut p = spawn(
+        data.path(),
+        &yaml,
+        &[],
+        &[("WHARF_FAILPOINT", "shipper-before-meta")],
+    );
+    wait_ready(p.http, Duration::from_secs(30));
+    let base = base();
+    // Blocks are cut while writing; the first upload aborts the process after chunks and index.
+    for chunk in (0..ROUNDS).collect::<Vec<_>>().chunks(60) {
+        let ts = (0..SERIES)
+            .map(|i| {
+                let idx = format!("{i:02}");
+                let samples: Vec<(i64, f64)> = chunk
+                    .iter()
+                    .map(|&r| (base + r * STEP, (i as f64) + r as f64))
+                    .collect();
+                series(&[("__name__", "ship_test"), ("idx", &idx)], &samples)
+            })
+            .collect();
+        let (code, _) = write(p.rw, None, ts);
+        if code != 200 {
+            break;
+        }
+    }
+    let status = {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = p.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "failpoint never hit"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert!(!status.success());
+    let partial: Vec<String> = s3
+        .writes()
+        .iter()
+        .filter(|(_, k)| k.ends_with("/index"))
+        .map(|(_, k)| k.trim_end_matches("/index").to_string())
+        .collect();
+    assert_eq!(
+        partial.len(),
+        1,
+        "one block half uploaded: {:?}",
+        s3.writes()
+    );
+    assert_eq!(s3.meta_puts(&partial[0]), 0);
+    drop(p);
+
+    let p = spawn(data.path(), &yaml, &[], &[]);
+    wait_ready(p.http, Duration::from_secs(30));
+    wait_until(
+        "every block uploaded",
+        Duration::from_secs(60),
+        || {
+            let ulids = local_ulids(data.path());
+            !ulids.is_empty() && ulids.iter().all(|u| s3.meta_puts(u) == 1)
+        },
+        || p.logs(),
+    );
+    let ulids = local_ulids(data.path());
+    assert!(ulids.contains(&partial[0]));
+    for u in &ulids {
+        assert_eq!(s3.meta_puts(u), 1, "{u} uploaded exactly once");
+        assert!(block::verify(&s3.bucket().join(u)).unwrap().is_empty());
+        let local = block::Block::open(&tenant_dir(data.path()).join(u)).unwrap();
+        let remote = block::Block::open(&s3.bucket().join(u)).unwrap();
+        assert_eq!(local.meta().stats, remote.meta().stats);
+    }
+    wait_until(
+        "shipper file",
+        Duration::from_secs(10),
+        || shipper_json(data.path()) == ulids,
+        || p.logs(),
+    );
+}
+
+#[test]
+fn filesystem_bucket_gets_the_same_blocks() {
+    let bucket = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "type: FILESYSTEM\nconfig:\n  directory: {}\nprefix: receive\n",
+        bucket.path().display()
+    );
+    let p = spawn(data.path(), &yaml, &[], &[]);
+    wait_ready(p.http, Duration::from_secs(30));
+    write_all(p.rw, base());
+    let root = bucket.path().join("receive");
+    wait_until(
+        "two blocks in the directory bucket",
+        Duration::from_secs(60),
+        || {
+            let ulids = local_ulids(data.path());
+            ulids.len() == 2
+                && ulids
+                    .iter()
+                    .all(|u| root.join(u).join("meta.json").is_file())
+        },
+        || p.logs(),
+    );
+    for u in local_ulids(data.path()) {
+        let local = block::Block::open(&tenant_dir(data.path()).join(&u)).unwrap();
+        assert_bucket_block(&root.join(&u), local.meta().stats.num_samples);
+    }
+    wait_until(
+        "shipper file",
+        Duration::from_secs(10),
+        || shipper_json(data.path()) == local_ulids(data.path()),
+        || p.logs(),
+    );
+}
