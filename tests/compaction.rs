@@ -155,15 +155,6 @@ fn assert_blocks_valid(dir: &Path, base: i64) {
     assert!(leftovers.is_empty(), "tmp dirs left: {leftovers:?}");
 }
 
-fn promtool() -> &'static str {
-    let p = "/usr/bin/promtool";
-    assert!(
-        Path::new(p).exists(),
-        "promtool missing: run apt-get install -y prometheus"
-    );
-    p
-}
-
 #[test]
 fn head_is_cut_into_blocks_that_prometheus_tools_accept() {
     let base = base();
@@ -233,20 +224,7 @@ fn head_is_cut_into_blocks_that_prometheus_tools_accept() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let out = Command::new(promtool())
-        .args(["tsdb", "dump"])
-        .arg(&copied)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "promtool dump: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with("{__name__=\"compact_test\""))
-        .count();
+    let lines = promtool_dump_count(&copied, "compact_test");
     assert_eq!(
         lines as i64,
         SERIES as i64 * ROUNDS,

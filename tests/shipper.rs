@@ -28,7 +28,9 @@ fn base() -> i64 {
     (now - 3 * 24 * 3600 * 1000) / RANGE * RANGE
 }
 
-fn write_all(rw: SocketAddr, base: i64) {
+/// Writes six hours of samples; with `until_refused`, stops at the first refused request (the
+/// process may be going down) instead of failing.
+fn write_rounds(rw: SocketAddr, base: i64, until_refused: bool) {
     for chunk in (0..ROUNDS).collect::<Vec<_>>().chunks(60) {
         let ts = (0..SERIES)
             .map(|i| {
@@ -41,8 +43,15 @@ fn write_all(rw: SocketAddr, base: i64) {
             })
             .collect();
         let (code, body) = write(rw, None, ts);
+        if until_refused && code != 200 {
+            return;
+        }
         assert_eq!(code, 200, "{body}");
     }
+}
+
+fn write_all(rw: SocketAddr, base: i64) {
+    write_rounds(rw, base, false);
 }
 
 /// One request the S3 server saw: method, path (`/bucket/key`), and whether it was served.
@@ -214,19 +223,7 @@ fn assert_bucket_block(bucket_block: &Path, local_samples: u64) {
     let name = bucket_block.file_name().unwrap();
     copy_dir(bucket_block, &db.path().join(name));
     std::fs::create_dir(db.path().join("wal")).unwrap();
-    let out = std::process::Command::new("/usr/bin/promtool")
-        .args(["tsdb", "dump", &db.path().to_string_lossy()])
-        .output()
-        .expect("promtool (scripts/test.sh installs Debian's prometheus)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("ship_test"))
-        .count() as u64;
+    let lines = promtool_dump_count(db.path(), "ship_test") as u64;
     assert_eq!(lines, local_samples, "promtool reads every sample");
 }
 
@@ -297,21 +294,20 @@ fn blocks_reach_s3_complete_in_order_with_meta_json_last() {
     assert!(p.logs().contains("block uploaded"), "{}", p.logs());
 }
 
-#[test]
-fn outage_loses_nothing_and_uploads_resume_in_order_then_retention_deletes() {
-    let s3 = S3Server::start();
-    s3.failing.store(true, Ordering::SeqCst);
+/// Starts Wharf (retention 1h) against a bucket that refuses it, cuts two blocks past retention
+/// and waits until syncs have failed; the blocks must still be on disk.
+fn blocks_stuck_locally(s3: &S3Server, secret: &str) -> (tempfile::TempDir, Proc) {
     let data = tempfile::tempdir().unwrap();
     let p = spawn(
         data.path(),
-        &s3.yaml(SECRET),
+        &s3.yaml(secret),
         &["--tsdb.retention", "1h"],
         &[],
     );
     wait_ready(p.http, Duration::from_secs(30));
     write_all(p.rw, base());
     wait_until(
-        "blocks cut and uploads failing",
+        "blocks cut and syncs failing",
         Duration::from_secs(60),
         || {
             local_ulids(data.path()).len() == 2
@@ -321,10 +317,22 @@ fn outage_loses_nothing_and_uploads_resume_in_order_then_retention_deletes() {
     );
     // Past retention but not in the bucket: nothing may be deleted.
     std::thread::sleep(Duration::from_secs(2));
-    let ulids = local_ulids(data.path());
-    assert_eq!(ulids.len(), 2, "blocks kept while the bucket is down");
-    assert!(s3.writes().is_empty());
+    assert_eq!(
+        local_ulids(data.path()).len(),
+        2,
+        "blocks kept while nothing is uploaded"
+    );
+    assert!(s3.writes().is_empty(), "the server took no write");
     assert!(shipper_json(data.path()).is_empty());
+    (data, p)
+}
+
+#[test]
+fn outage_loses_nothing_and_uploads_resume_in_order_then_retention_deletes() {
+    let s3 = S3Server::start();
+    s3.failing.store(true, Ordering::SeqCst);
+    let (data, p) = blocks_stuck_locally(&s3, SECRET);
+    let ulids = local_ulids(data.path());
 
     s3.failing.store(false, Ordering::SeqCst);
     wait_until(
@@ -352,28 +360,7 @@ fn outage_loses_nothing_and_uploads_resume_in_order_then_retention_deletes() {
 #[test]
 fn wrong_credentials_fail_loudly_and_delete_nothing() {
     let s3 = S3Server::start();
-    let data = tempfile::tempdir().unwrap();
-    let p = spawn(
-        data.path(),
-        &s3.yaml("not-the-secret"),
-        &["--tsdb.retention", "1h"],
-        &[],
-    );
-    wait_ready(p.http, Duration::from_secs(30));
-    write_all(p.rw, base());
-    wait_until(
-        "failed syncs",
-        Duration::from_secs(60),
-        || {
-            local_ulids(data.path()).len() == 2
-                && metric(p.http, "thanos_shipper_dir_sync_failures_total") >= 2.0
-        },
-        || p.logs(),
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(local_ulids(data.path()).len(), 2, "nothing deleted");
-    assert!(s3.writes().is_empty(), "the server refused every request");
-    assert!(shipper_json(data.path()).is_empty());
+    let (_data, p) = blocks_stuck_locally(&s3, "not-the-secret");
     let logs = p.logs();
     assert!(
         logs.contains("block sync failed") && logs.contains("403"),
@@ -395,22 +382,7 @@ fn kill_during_upload_then_restart_uploads_each_block_once_and_complete() {
     wait_ready(p.http, Duration::from_secs(30));
     let base = base();
     // Blocks are cut while writing; the first upload aborts the process after chunks and index.
-    for chunk in (0..ROUNDS).collect::<Vec<_>>().chunks(60) {
-        let ts = (0..SERIES)
-            .map(|i| {
-                let idx = format!("{i:02}");
-                let samples: Vec<(i64, f64)> = chunk
-                    .iter()
-                    .map(|&r| (base + r * STEP, (i as f64) + r as f64))
-                    .collect();
-                series(&[("__name__", "ship_test"), ("idx", &idx)], &samples)
-            })
-            .collect();
-        let (code, _) = write(p.rw, None, ts);
-        if code != 200 {
-            break;
-        }
-    }
+    write_rounds(p.rw, base, true);
     let status = {
         let start = Instant::now();
         loop {

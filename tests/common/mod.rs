@@ -389,3 +389,32 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+/// Debian's promtool; scripts/test.sh installs it.
+pub fn promtool() -> &'static str {
+    let p = "/usr/bin/promtool";
+    assert!(
+        Path::new(p).exists(),
+        "promtool missing: run apt-get install -y prometheus"
+    );
+    p
+}
+
+/// Samples of metric `name` that `promtool tsdb dump` prints for the TSDB directory `dir`.
+pub fn promtool_dump_count(dir: &Path, name: &str) -> usize {
+    let out = Command::new(promtool())
+        .args(["tsdb", "dump"])
+        .arg(dir)
+        .output()
+        .expect("run promtool");
+    assert!(
+        out.status.success(),
+        "promtool dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prefix = format!("{{__name__=\"{name}\"");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .count()
+}
