@@ -125,6 +125,7 @@ pub async fn start(cfg: ReceiveConfig) -> Result<Running, AppError> {
         if let HashringSource::File { path, refresh } = &rc.source {
             tokio::spawn(watch_hashrings(
                 routing.clone(),
+                cell.clone(),
                 rc.clone(),
                 path.clone(),
                 *refresh,
@@ -208,6 +209,7 @@ async fn load_routing(rc: &RoutingConfig) -> Result<Routing, AppError> {
 /// An unreadable or invalid file keeps the old ring.
 async fn watch_hashrings(
     routing: Arc<Routing>,
+    ingest: Arc<OnceLock<Arc<Ingest>>>,
     rc: RoutingConfig,
     path: std::path::PathBuf,
     refresh: Duration,
@@ -249,6 +251,9 @@ async fn watch_hashrings(
                     nodes = rings.endpoints().count(),
                     "hashring changed; new requests use it (no flush, stays ready)"
                 );
+                if let Some(i) = ingest.get() {
+                    i.tsdb().set_ring_labels(rings.tenant_labels());
+                }
                 routing.set_hashrings(Arc::new(rings));
             }
             Err(error) => {
@@ -438,7 +443,10 @@ async fn run(
     };
     if let Some(db) = &tsdb {
         let ingest = Arc::new(match routing {
-            Some(r) => Ingest::with_routing(db.clone(), r),
+            Some(r) => {
+                db.set_ring_labels(r.hashrings().tenant_labels());
+                Ingest::with_routing(db.clone(), r)
+            }
             None => Ingest::new(db.clone()),
         });
         let _ = cell.set(ingest);

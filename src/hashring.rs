@@ -618,9 +618,17 @@ impl Hashrings {
             .map(|r| (r.name.as_str(), r.endpoints().len()))
     }
 
-    /// The `external_labels` of the hashring that takes `tenant`.
-    pub fn external_labels(&self, tenant: &str) -> Option<&BTreeMap<String, String>> {
-        self.ring_for(tenant).ok().map(|r| &r.external_labels)
+    /// Per listed tenant, the `external_labels` of the first hashring listing it (catch-all
+    /// rings list none), as Thanos attaches them to tenants.
+    pub fn tenant_labels(&self) -> HashMap<String, BTreeMap<String, String>> {
+        let mut out = HashMap::new();
+        for r in self.rings.iter().filter(|r| !r.external_labels.is_empty()) {
+            for t in &r.tenants {
+                out.entry(t.clone())
+                    .or_insert_with(|| r.external_labels.clone());
+            }
+        }
+        out
     }
 
     /// The endpoint this node is, when `local` names one by its address or Cap'n Proto address.
@@ -723,6 +731,21 @@ mod tests {
         let err = Hashrings::from_json(&endpoints_json(&eps), Algorithm::Ketama, 5).unwrap_err();
         assert!(err.to_string().contains("never finish"), "{err}");
         assert!(Hashrings::from_json(&endpoints_json(&eps), Algorithm::Ketama, 4).is_ok());
+    }
+
+    #[test]
+    fn tenants_get_the_external_labels_of_the_first_ring_listing_them() {
+        let r = ring(
+            r#"[{"hashring":"a","tenants":["t1"],"endpoints":["a:1"],"external_labels":{"zone":"eu"}},
+                {"hashring":"b","tenants":["t1","t2"],"endpoints":["b:1"],"external_labels":{"zone":"us"}},
+                {"hashring":"c","endpoints":["c:1"],"external_labels":{"zone":"any"}}]"#,
+            Algorithm::Hashmod,
+            1,
+        );
+        let l = r.tenant_labels();
+        assert_eq!(l["t1"]["zone"], "eu");
+        assert_eq!(l["t2"]["zone"], "us");
+        assert_eq!(l.len(), 2, "a catch-all ring lists no tenant");
     }
 
     #[test]

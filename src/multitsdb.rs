@@ -1,7 +1,7 @@
 //! One TSDB per tenant under `--tsdb.path`, opened lazily on a tenant's first write, and every
 //! existing tenant directory replayed at start, as Thanos's multitsdb does.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -71,13 +71,23 @@ impl Options {
 #[derive(Debug)]
 pub struct TenantDb {
     pub tenant: TenantId,
-    pub external_labels: Labels,
+    /// Changes when the hashring's `external_labels` for the tenant do.
+    labels: RwLock<Labels>,
     pub db: Tsdb,
+}
+
+impl TenantDb {
+    /// The labels new blocks and StoreAPI answers carry for this tenant.
+    pub fn external_labels(&self) -> Labels {
+        self.labels.read().clone()
+    }
 }
 
 #[derive(Debug)]
 pub struct MultiTsdb {
     opts: Options,
+    /// Per tenant, the `external_labels` of the hashring that lists it.
+    ring_labels: RwLock<HashMap<String, BTreeMap<String, String>>>,
     tenants: RwLock<BTreeMap<TenantId, Arc<TenantDb>>>,
     closed: RwLock<bool>,
 }
@@ -92,6 +102,7 @@ impl MultiTsdb {
         })?;
         let this = Self {
             opts,
+            ring_labels: RwLock::new(HashMap::new()),
             tenants: RwLock::new(BTreeMap::new()),
             closed: RwLock::new(false),
         };
@@ -123,11 +134,29 @@ impl MultiTsdb {
         Ok(this)
     }
 
-    /// External labels of a tenant: `--label` values plus the tenant label.
+    /// External labels of a tenant: its hashring's `external_labels`, then the `--label`
+    /// values and the tenant label, which win on a name clash.
     pub fn external_labels(&self, tenant: &TenantId) -> Labels {
-        let mut pairs: Vec<Label> = self.opts.external_labels.iter().cloned().collect();
+        let mut pairs: Vec<Label> = self
+            .ring_labels
+            .read()
+            .get(tenant.as_str())
+            .into_iter()
+            .flatten()
+            .map(|(n, v)| Label::new(n.clone(), v.clone()))
+            .collect();
+        pairs.extend(self.opts.external_labels.iter().cloned());
         pairs.push(Label::new(self.opts.tenant_label.clone(), tenant.as_str()));
         Labels::from_pairs(pairs.into_iter().map(|l| (l.name, l.value)))
+    }
+
+    /// Sets the hashrings' per-tenant `external_labels`; open tenants take them at once (their
+    /// next block and StoreAPI answers carry them).
+    pub fn set_ring_labels(&self, labels: HashMap<String, BTreeMap<String, String>>) {
+        *self.ring_labels.write() = labels;
+        for t in self.tenants() {
+            *t.labels.write() = self.external_labels(&t.tenant);
+        }
     }
 
     /// Returns the tenant's database, creating it on first use. Blocking (may replay a WAL).
@@ -161,7 +190,7 @@ impl MultiTsdb {
             unknown_refs = stats.unknown_refs, duration = ?stats.duration, "tenant tsdb opened");
         let entry = Arc::new(TenantDb {
             tenant: tenant.clone(),
-            external_labels: self.external_labels(tenant),
+            labels: RwLock::new(self.external_labels(tenant)),
             db,
         });
         update_head_metrics(tenant, &entry.db.snapshot());
@@ -226,7 +255,7 @@ impl MultiTsdb {
         let mut cut = 0;
         for t in self.tenants() {
             let tl = telemetry::tenant(t.tenant.as_str());
-            match t.db.compact(&t.external_labels) {
+            match t.db.compact(&t.external_labels()) {
                 Ok(done) => {
                     for c in done {
                         m.head_truncations.get_or_create(&tl).inc();

@@ -320,6 +320,30 @@ impl Shipper {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn files_above_the_part_size_go_up_in_parts_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket_dir = dir.path().join("bucket");
+        let yaml = format!(
+            "type: FILESYSTEM\nconfig:\n  directory: {}\n",
+            bucket_dir.display()
+        );
+        let mut bucket = crate::objstore::from_yaml(&yaml).unwrap();
+        bucket.part_size = 5 << 20;
+        let shipper = Shipper::new(bucket);
+        // 12 MiB of non-repeating bytes: three parts of 5, 5 and 2 MiB.
+        let data: Vec<u8> = (0..12u32 << 18).flat_map(|i| i.to_le_bytes()).collect();
+        let file = dir.path().join("000001");
+        std::fs::write(&file, &data).unwrap();
+        let n = shipper
+            .upload_file(&file, "01ULID", "chunks/000001")
+            .await
+            .unwrap();
+        assert_eq!(n, data.len() as u64);
+        let got = std::fs::read(bucket_dir.join("01ULID/chunks/000001")).unwrap();
+        assert!(got == data, "uploaded bytes differ");
+    }
+
     #[test]
     fn shipper_file_round_trips_in_thanos_format() {
         let dir = tempfile::tempdir().unwrap();

@@ -74,7 +74,7 @@ pub struct SeriesResult {
 fn tenant_matchers(t: &TenantDb, matchers: &[Matcher]) -> Option<Vec<Matcher>> {
     let mut rest = Vec::with_capacity(matchers.len());
     for m in matchers {
-        match t.external_labels.get(&m.name) {
+        match t.external_labels().get(&m.name) {
             Some(v) if !m.matches(v) => return None,
             Some(_) => {}
             None => rest.push(m.clone()),
@@ -114,8 +114,9 @@ pub fn series(db: &MultiTsdb, q: &SeriesQuery) -> Result<SeriesResult, StoreErro
                 continue;
             }
         };
+        let ext = t.external_labels();
         for (labels, chunks) in selected {
-            let labels = labels.merged(&t.external_labels, &q.without_replica_labels);
+            let labels = labels.merged(&ext, &q.without_replica_labels);
             if q.shard
                 .as_ref()
                 .is_some_and(|s| s.total > 0 && !s.keeps(&labels))
@@ -176,11 +177,11 @@ pub fn label_names(db: &MultiTsdb, q: &LabelQuery) -> LabelResult {
             continue;
         }
         out.values.extend(found);
-        let ext = t
-            .external_labels
+        let ext = t.external_labels();
+        let names = ext
             .iter()
             .filter(|l| !q.without_replica_labels.contains(&l.name));
-        out.values.extend(ext.map(|l| l.name.clone()));
+        out.values.extend(names.map(|l| l.name.clone()));
     }
     out.finish(q.limit)
 }
@@ -197,7 +198,7 @@ pub fn label_values(db: &MultiTsdb, name: &str, q: &LabelQuery) -> Result<LabelR
         let Some(rest) = tenant_matchers(&t, &q.matchers) else {
             continue;
         };
-        let found = match t.external_labels.get(name) {
+        let found = match t.external_labels().get(name) {
             Some(v) if rest.is_empty() => Ok(vec![v.to_string()]),
             Some(v) => t.db.select(&rest, q.start, q.end, true).map(|s| {
                 if s.is_empty() {
@@ -227,7 +228,7 @@ pub fn info(db: &MultiTsdb) -> Vec<TenantInfo> {
     db.tenants()
         .iter()
         .map(|t| TenantInfo {
-            labels: t.external_labels.clone(),
+            labels: t.external_labels(),
             min_time: t.db.time_range().map_or(i64::MAX, |(lo, _)| lo),
         })
         .collect()

@@ -412,3 +412,49 @@ fn ring_changes_under_load_fail_no_request_and_keep_nodes_ready() {
     let on_a_c = nodes[0].series().len() + nodes[2].series().len();
     assert!(on_a_c >= 200);
 }
+
+/// A hashring's `external_labels` reach its tenants' label sets (Info, and so queries and
+/// blocks), and follow a change of the file.
+#[test]
+fn hashring_external_labels_label_their_tenants() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = dir.path().join("hashrings.json");
+    let ports = Ports::fresh();
+    let json = |region: &str| {
+        format!(
+            r#"[{{"hashring": "eu", "tenants": ["team-a"], "endpoints": ["{}"], "external_labels": {{"region": "{region}"}}}}]"#,
+            ports.grpc
+        )
+    };
+    write_ring(&ring, &json("eu"));
+    let mut node = Node::new(
+        dir.path(),
+        "node",
+        ports,
+        vec![
+            "--receive.hashrings-file".into(),
+            ring.to_string_lossy().to_string(),
+            "--receive.local-endpoint".into(),
+            ports.grpc.to_string(),
+        ],
+    );
+    node.start();
+    node.ready();
+    let (code, body) = write(ports.rw, Some("team-a"), batch(0..3, 1000));
+    assert_eq!(code, 200, "{body}");
+    let region = || -> Option<String> {
+        let info = StoreApi::connect(ports.grpc).info().expect("info");
+        info.label_sets
+            .iter()
+            .flat_map(|s| s.labels.iter())
+            .find(|l| l.name == "region")
+            .map(|l| l.value.clone())
+    };
+    assert_eq!(region().as_deref(), Some("eu"));
+    write_ring(&ring, &json("us"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while region().as_deref() != Some("us") {
+        assert!(Instant::now() < deadline, "labels did not follow the file");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
