@@ -215,10 +215,7 @@ impl Shipper {
             for rel in &files {
                 bytes += self.upload_file(&dir.join(rel), &meta.ulid, rel).await?;
             }
-            if std::env::var("WHARF_FAILPOINT").as_deref() == Ok("shipper-before-meta") {
-                tracing::error!(ulid = %meta.ulid, "failpoint shipper-before-meta: aborting");
-                std::process::abort();
-            }
+            crate::tsdb::failpoint("shipper-before-meta");
             if let Some(th) = meta.thanos.as_mut() {
                 th.upload_time = Some(
                     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
@@ -238,6 +235,7 @@ impl Shipper {
                     key: key.to_string(),
                     source,
                 })?;
+            crate::tsdb::failpoint("shipper-after-meta");
             Ok::<_, ShipperError>(bytes)
         }
         .await;

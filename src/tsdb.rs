@@ -125,7 +125,7 @@ fn intersect_postings(a: &[u32], b: &[u32]) -> Vec<u32> {
 
 /// Crash-test hook: aborts the process (as `kill -9` would stop it) when `WHARF_FAILPOINT`
 /// names this point, so tests can stop compaction between two durable steps.
-fn failpoint(name: &str) {
+pub(crate) fn failpoint(name: &str) {
     static POINT: std::sync::LazyLock<Option<String>> =
         std::sync::LazyLock::new(|| std::env::var("WHARF_FAILPOINT").ok());
     if POINT.as_deref() == Some(name) {

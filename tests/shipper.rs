@@ -368,17 +368,13 @@ fn wrong_credentials_fail_loudly_and_delete_nothing() {
     );
 }
 
-#[test]
-fn kill_during_upload_then_restart_uploads_each_block_once_and_complete() {
+/// Aborts the process at `point` during the first block's upload, restarts, and checks that
+/// every block ends up in the bucket complete, its `meta.json` written exactly once.
+fn kill_during_upload(point: &str) {
     let s3 = S3Server::start();
     let data = tempfile::tempdir().unwrap();
     let yaml = s3.yaml(SECRET);
-    let mut p = spawn(
-        data.path(),
-        &yaml,
-        &[],
-        &[("WHARF_FAILPOINT", "shipper-before-meta")],
-    );
+    let mut p = spawn(data.path(), &yaml, &[], &[("WHARF_FAILPOINT", point)]);
     wait_ready(p.http, Duration::from_secs(30));
     let base = base();
     // Blocks are cut while writing; the first upload aborts the process after chunks and index.
@@ -403,13 +399,13 @@ fn kill_during_upload_then_restart_uploads_each_block_once_and_complete() {
         .filter(|(_, k)| k.ends_with("/index"))
         .map(|(_, k)| k.trim_end_matches("/index").to_string())
         .collect();
-    assert_eq!(
-        partial.len(),
-        1,
-        "one block half uploaded: {:?}",
-        s3.writes()
+    assert_eq!(partial.len(), 1, "one block reached: {:?}", s3.writes());
+    let meta_before = usize::from(point == "shipper-after-meta");
+    assert_eq!(s3.meta_puts(&partial[0]), meta_before);
+    assert!(
+        shipper_json(data.path()).is_empty(),
+        "not recorded before the crash"
     );
-    assert_eq!(s3.meta_puts(&partial[0]), 0);
     drop(p);
 
     let p = spawn(data.path(), &yaml, &[], &[]);
@@ -438,6 +434,34 @@ fn kill_during_upload_then_restart_uploads_each_block_once_and_complete() {
         || shipper_json(data.path()) == ulids,
         || p.logs(),
     );
+    // The crashed block's chunks went up once more only when its meta.json had not.
+    let chunk_puts = s3
+        .writes()
+        .iter()
+        .filter(|(_, k)| *k == format!("{}/chunks/000001", partial[0]))
+        .count();
+    assert_eq!(chunk_puts, 2 - meta_before);
+
+    // A lost shipper file is rebuilt from the bucket, sending nothing again.
+    let writes = s3.writes().len();
+    std::fs::remove_file(tenant_dir(data.path()).join("thanos.shipper.json")).unwrap();
+    wait_until(
+        "shipper file rebuilt",
+        Duration::from_secs(10),
+        || shipper_json(data.path()) == ulids,
+        || p.logs(),
+    );
+    assert_eq!(s3.writes().len(), writes, "no block uploaded twice");
+}
+
+#[test]
+fn kill_before_meta_json_then_restart_uploads_the_block_whole_once() {
+    kill_during_upload("shipper-before-meta");
+}
+
+#[test]
+fn kill_after_meta_json_then_restart_records_it_without_uploading_again() {
+    kill_during_upload("shipper-after-meta");
 }
 
 #[test]

@@ -618,7 +618,12 @@ fn create_segment(dir: &Path, index: u32) -> Result<File, WalError> {
         .create_new(true)
         .open(&path)
         .map_err(|e| io_error(e, "create WAL segment", &path))?;
-    sync_dir(dir)?;
+    if let Err(e) = sync_dir(dir) {
+        // The writer stays on the old segment; a file left here would make every later cut
+        // fail on `create_new`.
+        let _ = fs::remove_file(&path);
+        return Err(e);
+    }
     Ok(file)
 }
 
