@@ -124,6 +124,15 @@ pub fn encode_write(
         let Some(view) = batch.series.get(i as usize) else {
             continue;
         };
+        // A decoded series is forwarded as it arrived: the bytes are known to decode to it.
+        if let Some(raw) = batch
+            .source
+            .get(view.raw.start as usize..view.raw.end as usize)
+            .filter(|r| !r.is_empty())
+        {
+            put_bytes(out, 1, raw);
+            continue;
+        }
         let labels = batch.labels_of(view);
         let samples = batch.samples_of(view);
         let label_len = |n: &str, v: &str| field_len(n.len()) + field_len(v.len());
@@ -441,6 +450,40 @@ mod tests {
                 prop_assert_eq!(gs, ws);
             }
         }
+    }
+
+    #[test]
+    fn decoded_series_are_forwarded_byte_for_byte() {
+        let ts: Vec<_> = (0..3)
+            .map(|i| crate::proto::prom::TimeSeries {
+                labels: vec![pb::Label {
+                    name: "i".into(),
+                    value: i.to_string(),
+                }],
+                samples: vec![crate::proto::prom::Sample {
+                    timestamp: i,
+                    value: -0.0,
+                }],
+                ..Default::default()
+            })
+            .collect();
+        let raw = crate::proto::prom::WriteRequest {
+            timeseries: ts.clone(),
+            metadata: vec![],
+        }
+        .encode_to_vec();
+        let batch = crate::remote_write::decode(&raw).unwrap();
+        let mut buf = Vec::new();
+        encode_write("t", 2, &batch, &[2, 0], &mut buf);
+        let got = pb::WriteRequest::decode(buf.as_slice()).unwrap();
+        assert_eq!(got.timeseries, vec![ts[2].clone(), ts[0].clone()]);
+        assert_eq!((got.tenant.as_str(), got.replica), ("t", 2));
+        // A share of a share keeps pointing at the same bytes.
+        let share = batch.subset(&[1]);
+        let mut buf2 = Vec::new();
+        encode_write("t", 1, &share, &[0], &mut buf2);
+        let got = pb::WriteRequest::decode(buf2.as_slice()).unwrap();
+        assert_eq!(got.timeseries, vec![ts[1].clone()]);
     }
 
     #[test]

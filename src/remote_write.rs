@@ -92,6 +92,9 @@ impl fmt::Display for SeriesError {
 pub struct SeriesView {
     pub labels: Range<u32>,
     pub samples: Range<u32>,
+    /// The series' `TimeSeries` message in [`WriteBatch::source`] (empty when the batch was
+    /// built from decoded messages), so a router can forward it without re-encoding.
+    pub raw: Range<u32>,
     pub histograms: u32,
     pub exemplars: u32,
     pub error: Option<SeriesError>,
@@ -100,6 +103,8 @@ pub struct SeriesView {
 /// A decoded remote-write request whose label strings borrow the decompressed body.
 #[derive(Debug, Default)]
 pub struct WriteBatch<'a> {
+    /// The decoded message the series' `raw` ranges point into.
+    pub source: &'a [u8],
     pub series: Vec<SeriesView>,
     pub labels: Vec<(&'a str, &'a str)>,
     pub samples: Vec<(i64, f64)>,
@@ -123,7 +128,10 @@ impl<'a> WriteBatch<'a> {
     /// A batch of the given series only (in the given order), for a share that goes to one
     /// place; series errors travel with their series.
     pub fn subset(&self, series: &[u32]) -> WriteBatch<'a> {
-        let mut out = WriteBatch::default();
+        let mut out = WriteBatch {
+            source: self.source,
+            ..WriteBatch::default()
+        };
         for s in series.iter().filter_map(|&i| self.series.get(i as usize)) {
             let labels = out.labels.len() as u32;
             let samples = out.samples.len() as u32;
@@ -148,6 +156,7 @@ impl<'a> WriteBatch<'a> {
         let mut samples = self.samples;
         samples.clear();
         WriteBatch {
+            source: &[],
             series,
             labels: labels.into_iter().map(|_| unreachable!()).collect(),
             samples,
@@ -187,6 +196,7 @@ pub fn from_timeseries(series: &[crate::proto::prom::TimeSeries]) -> WriteBatch<
         batch.series.push(SeriesView {
             labels: label_start..batch.labels.len() as u32,
             samples: sample_start..batch.samples.len() as u32,
+            raw: 0..0,
             histograms: ts.histograms.len() as u32,
             exemplars: ts.exemplars.len() as u32,
             error,
@@ -328,6 +338,7 @@ pub fn decode(buf: &[u8]) -> Result<WriteBatch<'_>, DecodeError> {
 
 /// Like [`decode`], reusing the vectors of `batch` (which is cleared first).
 pub fn decode_into<'a>(buf: &'a [u8], batch: &mut WriteBatch<'a>) -> Result<(), DecodeError> {
+    batch.source = buf;
     batch.series.clear();
     batch.labels.clear();
     batch.samples.clear();
@@ -341,7 +352,8 @@ pub fn decode_into<'a>(buf: &'a [u8], batch: &mut WriteBatch<'a>) -> Result<(), 
         match (field, wt) {
             (1, WT_LEN) => {
                 let ts = r.bytes()?;
-                decode_series(ts, batch)?;
+                let start = (r.pos - ts.len()) as u32;
+                decode_series(ts, start..r.pos as u32, batch)?;
             }
             _ => r.skip(wt)?,
         }
@@ -349,7 +361,11 @@ pub fn decode_into<'a>(buf: &'a [u8], batch: &mut WriteBatch<'a>) -> Result<(), 
     Ok(())
 }
 
-fn decode_series<'a>(buf: &'a [u8], batch: &mut WriteBatch<'a>) -> Result<(), DecodeError> {
+fn decode_series<'a>(
+    buf: &'a [u8],
+    raw: Range<u32>,
+    batch: &mut WriteBatch<'a>,
+) -> Result<(), DecodeError> {
     let label_start = batch.labels.len() as u32;
     let sample_start = batch.samples.len() as u32;
     let (mut histograms, mut exemplars) = (0u32, 0u32);
@@ -431,6 +447,7 @@ fn decode_series<'a>(buf: &'a [u8], batch: &mut WriteBatch<'a>) -> Result<(), De
     batch.series.push(SeriesView {
         labels,
         samples: sample_start..batch.samples.len() as u32,
+        raw,
         histograms,
         exemplars,
         error,
