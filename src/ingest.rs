@@ -139,10 +139,6 @@ impl Routing {
         self.state.read().rings.clone()
     }
 
-    pub fn replication_factor(&self) -> usize {
-        self.rf
-    }
-
     /// A router that holds no replicas itself (no `--receive.local-endpoint`).
     pub fn is_router_only(&self) -> bool {
         self.local_endpoint.is_none()

@@ -103,10 +103,6 @@ impl Shipper {
         Self { bucket }
     }
 
-    pub fn bucket_name(&self) -> &str {
-        &self.bucket.name
-    }
-
     /// Uploads every block of `dir` not uploaded yet, oldest first; stops at the first failure.
     pub async fn sync(&self, tenant: &str, dir: &Path) -> Result<SyncStats, ShipperError> {
         let m = metrics();
