@@ -93,6 +93,37 @@ impl Node {
     }
 }
 
+/// Starts one ring member per port (`--receive.hashrings-file`, its own local endpoint, and
+/// `extra(i)`) and waits until every one is ready.
+fn start_ring(
+    dir: &Path,
+    ring: &Path,
+    ports: &[Ports],
+    extra: impl Fn(usize) -> Vec<String>,
+) -> Vec<Node> {
+    let mut nodes: Vec<Node> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut args = vec![
+                "--receive.hashrings-file".into(),
+                ring.to_string_lossy().to_string(),
+                "--receive.local-endpoint".into(),
+                p.grpc.to_string(),
+            ];
+            args.extend(extra(i));
+            Node::new(dir, &format!("node-{i}"), *p, args)
+        })
+        .collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    for n in &nodes {
+        n.ready();
+    }
+    nodes
+}
+
 fn batch(ids: std::ops::Range<usize>, t: i64) -> Vec<wharf::proto::prom::TimeSeries> {
     ids.map(|i| {
         series(
@@ -129,23 +160,14 @@ fn rf3_router_survives_one_ingestor_down_and_waits_for_two() {
     let ports: Vec<Ports> = (0..3).map(|_| Ports::fresh()).collect();
     write_ring(&ring, &ring_json(&ports.iter().collect::<Vec<_>>()));
     let ring_s = ring.to_string_lossy().to_string();
-    let mut ingestors: Vec<Node> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let args = vec![
-                "--receive.hashrings-file".into(),
-                ring_s.clone(),
-                "--receive.local-endpoint".into(),
-                p.grpc.to_string(),
-                "--receive.replication-factor".into(),
-                "3".into(),
-                "--label".into(),
-                format!("receive_replica=\"{i}\""),
-            ];
-            Node::new(dir.path(), &format!("ingestor-{i}"), *p, args)
-        })
-        .collect();
+    let mut ingestors = start_ring(dir.path(), &ring, &ports, |i| {
+        vec![
+            "--receive.replication-factor".into(),
+            "3".into(),
+            "--label".into(),
+            format!("receive_replica=\"{i}\""),
+        ]
+    });
     let mut router = Node::new(
         dir.path(),
         "router",
@@ -159,12 +181,8 @@ fn rf3_router_survives_one_ingestor_down_and_waits_for_two() {
             "500ms".into(),
         ],
     );
-    for n in ingestors.iter_mut().chain([&mut router]) {
-        n.start();
-    }
-    for n in ingestors.iter().chain([&router]) {
-        n.ready();
-    }
+    router.start();
+    router.ready();
     let rw = router.ports.rw;
     const N: usize = 200;
 
@@ -262,25 +280,7 @@ fn rf1_each_series_lands_on_its_hashring_node_only() {
     let ports: Vec<Ports> = (0..3).map(|_| Ports::fresh()).collect();
     let json = ring_json(&ports.iter().collect::<Vec<_>>());
     write_ring(&ring, &json);
-    let mut nodes: Vec<Node> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let args = vec![
-                "--receive.hashrings-file".into(),
-                ring.to_string_lossy().to_string(),
-                "--receive.local-endpoint".into(),
-                p.grpc.to_string(),
-            ];
-            Node::new(dir.path(), &format!("node-{i}"), *p, args)
-        })
-        .collect();
-    for n in &mut nodes {
-        n.start();
-    }
-    for n in &nodes {
-        n.ready();
-    }
+    let nodes = start_ring(dir.path(), &ring, &ports, |_| vec![]);
     const N: usize = 300;
     // Half the series through one node, half through another: placement is the same.
     let (code, body) = write(nodes[0].ports.rw, None, batch(0..N / 2, 1000));
@@ -310,27 +310,9 @@ fn ring_changes_under_load_fail_no_request_and_keep_nodes_ready() {
     let ports: Vec<Ports> = (0..3).map(|_| Ports::fresh()).collect();
     let (a, b, c) = (&ports[0], &ports[1], &ports[2]);
     write_ring(&ring, &ring_json(&[a, b]));
-    let mut nodes: Vec<Node> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let args = vec![
-                "--receive.hashrings-file".into(),
-                ring.to_string_lossy().to_string(),
-                "--receive.local-endpoint".into(),
-                p.grpc.to_string(),
-                "--receive.hashrings-algorithm".into(),
-                "ketama".into(),
-            ];
-            Node::new(dir.path(), &format!("node-{i}"), *p, args)
-        })
-        .collect();
-    for n in &mut nodes {
-        n.start();
-    }
-    for n in &nodes {
-        n.ready();
-    }
+    let nodes = start_ring(dir.path(), &ring, &ports, |_| {
+        vec!["--receive.hashrings-algorithm".into(), "ketama".into()]
+    });
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -427,19 +409,7 @@ fn hashring_external_labels_label_their_tenants() {
         )
     };
     write_ring(&ring, &json("eu"));
-    let mut node = Node::new(
-        dir.path(),
-        "node",
-        ports,
-        vec![
-            "--receive.hashrings-file".into(),
-            ring.to_string_lossy().to_string(),
-            "--receive.local-endpoint".into(),
-            ports.grpc.to_string(),
-        ],
-    );
-    node.start();
-    node.ready();
+    let _node = start_ring(dir.path(), &ring, &[ports], |_| vec![]);
     let (code, body) = write(ports.rw, Some("team-a"), batch(0..3, 1000));
     assert_eq!(code, 200, "{body}");
     let region = || -> Option<String> {
