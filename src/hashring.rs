@@ -13,7 +13,6 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use serde::Deserialize;
-use xxhash_rust::xxh64::Xxh64;
 
 /// Ring points per endpoint in a ketama ring.
 const SECTIONS_PER_NODE: u32 = 1000;
@@ -125,16 +124,40 @@ struct RawOverride {
 /// Hashes a series for placement: XXH64 (seed 0) over the tenant, `0xff`, then each label's
 /// name, `0xff`, value, `0xff`, in arrival order (not re-sorted), as Thanos does.
 pub fn series_hash<'a>(tenant: &str, labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> u64 {
-    let mut h = Xxh64::new(0);
-    h.update(tenant.as_bytes());
-    h.update(&[0xff]);
-    for (n, v) in labels {
-        h.update(n.as_bytes());
-        h.update(&[0xff]);
-        h.update(v.as_bytes());
-        h.update(&[0xff]);
+    SeriesHasher::default().hash(
+        tenant,
+        labels
+            .into_iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+    )
+}
+
+/// [`series_hash`] for many series, with one reused buffer: hashing the joined bytes at once is
+/// several times faster than feeding the hasher ~40 short pieces per series.
+#[derive(Debug, Default)]
+pub struct SeriesHasher {
+    buf: Vec<u8>,
+}
+
+impl SeriesHasher {
+    /// Label bytes as they arrived (a router does not check them for UTF-8).
+    pub fn hash<'a>(
+        &mut self,
+        tenant: &str,
+        labels: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> u64 {
+        let buf = &mut self.buf;
+        buf.clear();
+        buf.extend_from_slice(tenant.as_bytes());
+        buf.push(0xff);
+        for (n, v) in labels {
+            buf.extend_from_slice(n);
+            buf.push(0xff);
+            buf.extend_from_slice(v);
+            buf.push(0xff);
+        }
+        xxhash_rust::xxh64::xxh64(buf, 0)
     }
-    h.digest()
 }
 
 #[derive(Debug)]
@@ -759,6 +782,30 @@ mod tests {
         assert_eq!(r.local_address("b:5"), Some("b:10901"));
         assert_eq!(r.local_address("c:1"), None);
         assert_eq!(r.sizes().collect::<Vec<_>>(), [("h", 2)]);
+    }
+
+    proptest! {
+        /// The hash is XXH64 of the whole concatenation, also when the hasher's buffer is reused.
+        #[test]
+        fn series_hash_is_xxh64_of_the_joined_labels(
+            tenant in "[a-z]{0,20}",
+            labels in proptest::collection::vec(("[a-z_]{1,30}", "\\PC{0,700}"), 0..12),
+        ) {
+            let mut joined = tenant.as_bytes().to_vec();
+            joined.push(0xff);
+            for (n, v) in &labels {
+                joined.extend_from_slice(n.as_bytes());
+                joined.push(0xff);
+                joined.extend_from_slice(v.as_bytes());
+                joined.push(0xff);
+            }
+            let want = xxhash_rust::xxh64::xxh64(&joined, 0);
+            prop_assert_eq!(series_hash(&tenant, labels.iter().map(|(n, v)| (n.as_str(), v.as_str()))), want);
+            let mut hasher = SeriesHasher::default();
+            for _ in 0..2 {
+                prop_assert_eq!(hasher.hash(&tenant, labels.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()))), want);
+            }
+        }
     }
 
     proptest! {

@@ -4,19 +4,17 @@
 
 mod quorum;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use parking_lot::RwLock;
 
-use crate::hashring::{series_hash, Hashrings};
+use crate::hashring::{Endpoint, Hashrings, SeriesHasher};
 use crate::model::{ErrorClass, TenantId};
 use crate::multitsdb::{MultiTsdb, MultiTsdbError};
-use crate::peer::{PeerError, Peers};
-use crate::remote_write::{SeriesError, WriteBatch};
+use crate::peer::{Compression, PeerError, Peers, RequestBuilder};
+use crate::remote_write::{DecodeError, SeriesError, SeriesScanner, WriteBatch};
 use crate::telemetry::metrics;
 use crate::tsdb::SampleRejection;
 
@@ -145,12 +143,61 @@ impl Routing {
     }
 }
 
+fn placement(tenant: &TenantId, err: crate::hashring::HashringError) -> IngestError {
+    IngestError::Placement {
+        tenant: tenant.to_string(),
+        reason: err.to_string(),
+    }
+}
+
 fn local_of(rings: &Hashrings, local: Option<&str>) -> Option<String> {
     local.map(|l| rings.local_address(l).unwrap_or(l).to_string())
 }
 
-/// Batch indexes and tracker positions of the series one replica write carries.
-type Share = (Vec<u32>, Vec<u32>);
+/// The replica writes of one request being built: one request per (endpoint, replica), each
+/// with the tracker positions of the series it carries.
+struct Fanout<'r> {
+    /// (endpoint identity within the ring snapshot, replica) → index in `groups`.
+    index: hashbrown::HashMap<(usize, usize), usize>,
+    groups: Vec<Group<'r>>,
+    compression: Compression,
+    /// Message bytes to reserve per request.
+    size_hint: usize,
+}
+
+struct Group<'r> {
+    addr: &'r str,
+    /// 0-based.
+    replica: usize,
+    request: RequestBuilder,
+    positions: Vec<u32>,
+}
+
+impl<'r> Fanout<'r> {
+    fn new(compression: Compression, size_hint: usize) -> Self {
+        Self {
+            index: hashbrown::HashMap::new(),
+            groups: Vec::new(),
+            compression,
+            size_hint,
+        }
+    }
+
+    fn group(&mut self, ep: &'r Endpoint, replica: usize) -> &mut Group<'r> {
+        let key = (ep as *const Endpoint as usize, replica);
+        let next = self.groups.len();
+        let g = *self.index.entry(key).or_insert(next);
+        if g == next {
+            self.groups.push(Group {
+                addr: &ep.address,
+                replica,
+                request: RequestBuilder::new(self.compression, self.size_hint),
+                positions: Vec::new(),
+            });
+        }
+        &mut self.groups[g]
+    }
+}
 
 /// What [`Ingest::write_request`] leaves to do: nothing, or waiting for forwarded replicas.
 #[derive(Debug)]
@@ -159,11 +206,13 @@ pub enum Outcome {
     Forwarding(Pending),
 }
 
+type Results = tokio::sync::mpsc::UnboundedReceiver<(usize, Result<(), PeerError>)>;
+
 /// Replica writes in flight for one request, and the quorum bookkeeping they feed.
 #[derive(Debug)]
 pub struct Pending {
     tracker: Tracker,
-    results: tokio::sync::mpsc::UnboundedReceiver<(usize, Result<(), PeerError>)>,
+    results: Results,
     /// Tracker positions of each forwarded group's series.
     groups: Vec<Vec<u32>>,
     outstanding: usize,
@@ -313,53 +362,30 @@ impl Ingest {
             .collect();
         let mut local: Vec<u32> = Vec::new();
         let mut local_pos: Vec<u32> = Vec::new();
-        // (endpoint, replica) → (batch indexes, tracker positions) of the series sent there.
-        let mut remote: HashMap<(&str, usize), Share> = HashMap::new();
+        let mut fanout = Fanout::new(routing.peers.options().compression, batch.source.len());
+        let mut hasher = SeriesHasher::default();
         for (pos, &i) in valid.iter().enumerate() {
             let labels = batch.labels_of(&batch.series[i as usize]);
-            let h = series_hash(tenant.as_str(), labels.iter().copied());
+            let labels = labels.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
+            let h = hasher.hash(tenant.as_str(), labels);
             for &n in &replicas {
                 let ep = match rings.get_n(tenant.as_str(), h, n) {
-                    Ok(ep) => ep.address.as_str(),
-                    Err(err) => {
-                        let e = IngestError::Placement {
-                            tenant: tenant.to_string(),
-                            reason: err.to_string(),
-                        };
-                        return Outcome::Done(Err((summary, e)));
-                    }
+                    Ok(ep) => ep,
+                    Err(err) => return Outcome::Done(Err((summary, placement(tenant, err)))),
                 };
-                if local_addr.as_deref() == Some(ep) || (replica > 0 && reforwarded) {
+                if local_addr.as_deref() == Some(ep.address.as_str())
+                    || (replica > 0 && reforwarded)
+                {
                     local.push(i);
                     local_pos.push(pos as u32);
                 } else {
-                    let g = remote.entry((ep, n)).or_default();
-                    g.0.push(i);
-                    g.1.push(pos as u32);
+                    let g = fanout.group(ep, n);
+                    g.request.push(batch, i);
+                    g.positions.push(pos as u32);
                 }
             }
         }
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut groups = Vec::with_capacity(remote.len());
-        for ((ep, n), (series, positions)) in remote {
-            let mut buf = Vec::new();
-            crate::peer::encode_write(tenant.as_str(), n as u64 + 1, batch, &series, &mut buf);
-            let (peers, tx, addr, g) = (
-                routing.peers.clone(),
-                tx.clone(),
-                ep.to_string(),
-                groups.len(),
-            );
-            groups.push(positions);
-            tokio::spawn(async move {
-                metrics()
-                    .forward_delay
-                    .observe(started.elapsed().as_secs_f64());
-                let res = peers.write(&addr, Bytes::from(buf), replica > 0).await;
-                // The request may have settled already; nobody waits for this answer then.
-                let _ = tx.send((g, res));
-            });
-        }
+        let (groups, results) = self.dispatch(routing, tenant, fanout, replica > 0, started);
         let mut tracker = Tracker::new(valid.len(), replicas.len(), need);
         let mut example = None;
         if !local.is_empty() {
@@ -379,7 +405,7 @@ impl Ingest {
         let deferred = self.invalid_series(batch).err();
         Outcome::Forwarding(Pending {
             tracker,
-            results: rx,
+            results,
             outstanding: groups.len(),
             groups,
             deadline: tokio::time::Instant::now() + routing.peers.options().timeout,
@@ -389,6 +415,93 @@ impl Ingest {
             rf: replicas.len(),
             need,
         })
+    }
+
+    /// A router-only node's write: reads `raw` (a decompressed remote-write request) only as
+    /// far as placement needs and forwards every series as it arrived; the ingestors validate
+    /// and store it. Blocking; must run inside the Tokio runtime, which carries the writes.
+    pub fn forward_raw(&self, tenant: &TenantId, raw: &[u8]) -> Result<Outcome, DecodeError> {
+        let started = Instant::now();
+        let Some(routing) = &self.routing else {
+            let e = IngestError::Placement {
+                tenant: tenant.to_string(),
+                reason: "no hashring configured".into(),
+            };
+            return Ok(Outcome::Done(Err((WriteSummary::default(), e))));
+        };
+        let rings = routing.state.read().rings.clone();
+        // Each share is at most the whole request.
+        let mut fanout = Fanout::new(routing.peers.options().compression, raw.len());
+        let mut scan = SeriesScanner::new(raw);
+        let mut hasher = SeriesHasher::default();
+        let mut series = 0u32;
+        while let Some(s) = scan.next()? {
+            let h = hasher.hash(tenant.as_str(), s.labels.iter().copied());
+            for n in 0..routing.rf {
+                let ep = match rings.get_n(tenant.as_str(), h, n) {
+                    Ok(ep) => ep,
+                    Err(e) => {
+                        let e = placement(tenant, e);
+                        return Ok(Outcome::Done(Err((WriteSummary::default(), e))));
+                    }
+                };
+                let g = fanout.group(ep, n);
+                g.request.push_raw(s.raw);
+                g.positions.push(series);
+            }
+            series += 1;
+        }
+        let summary = WriteSummary {
+            series: series as usize,
+            samples: scan.samples(),
+            appended: 0,
+        };
+        if !self.is_ready() {
+            return Ok(Outcome::Done(Err((summary, IngestError::NotReady))));
+        }
+        let need = quorum(routing.rf);
+        let (groups, results) = self.dispatch(routing, tenant, fanout, false, started);
+        Ok(Outcome::Forwarding(Pending {
+            tracker: Tracker::new(series as usize, routing.rf, need),
+            results,
+            outstanding: groups.len(),
+            groups,
+            deadline: tokio::time::Instant::now() + routing.peers.options().timeout,
+            summary,
+            example: None,
+            deferred: None,
+            rf: routing.rf,
+            need,
+        }))
+    }
+
+    /// Starts one task per replica write; each reports (group, result) on the channel.
+    fn dispatch(
+        &self,
+        routing: &Routing,
+        tenant: &TenantId,
+        fanout: Fanout<'_>,
+        reforward: bool,
+        started: Instant,
+    ) -> (Vec<Vec<u32>>, Results) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut groups = Vec::with_capacity(fanout.groups.len());
+        for (g, group) in fanout.groups.into_iter().enumerate() {
+            let request = group
+                .request
+                .finish(tenant.as_str(), group.replica as u64 + 1);
+            let (peers, tx, addr) = (routing.peers.clone(), tx.clone(), group.addr.to_string());
+            groups.push(group.positions);
+            tokio::spawn(async move {
+                metrics()
+                    .forward_delay
+                    .observe(started.elapsed().as_secs_f64());
+                let res = peers.write(&addr, request, reforward).await;
+                // The request may have settled already; nobody waits for this answer then.
+                let _ = tx.send((g, res));
+            });
+        }
+        (groups, rx)
     }
 
     pub fn tsdb(&self) -> &Arc<MultiTsdb> {

@@ -10,9 +10,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{BufMut, Bytes};
 use parking_lot::Mutex;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -110,66 +109,204 @@ impl PeerError {
     }
 }
 
-/// Appends a `thanos.WriteRequest` (tenant, 1-based replica, and the given series of `batch`)
-/// to `out`, in the field order and shape prost would write, except that every sample value is
-/// written even when it is zero.
-pub fn encode_write(
-    tenant: &str,
-    replica: u64,
-    batch: &WriteBatch<'_>,
-    series: &[u32],
-    out: &mut Vec<u8>,
-) {
-    for &i in series {
-        let Some(view) = batch.series.get(i as usize) else {
-            continue;
+/// A `thanos.WriteRequest` ready to send: one gRPC length-prefixed message.
+#[derive(Debug, Clone)]
+pub struct WireRequest {
+    body: Bytes,
+    /// Flag and body are snappy (gRPC `snappy` encoding, framing format).
+    compressed: bool,
+}
+
+/// Builds a `thanos.WriteRequest` straight into its gRPC message, compressing series as they
+/// are added when the peers take snappy: one copy of each series' bytes, no re-encoding.
+pub struct RequestBuilder {
+    /// Prefix, then the message (plain) or the snappy frames written so far.
+    out: Vec<u8>,
+    /// Snappy only: message bytes not yet compressed, up to one frame's worth.
+    pending: Option<Vec<u8>>,
+    scratch: Vec<u8>,
+}
+
+/// Room for the gRPC message prefix (compression flag, big-endian length), filled at the end.
+const PREFIX: usize = 5;
+/// Uncompressed bytes per snappy frame, the framing format's maximum.
+const FRAME: usize = 1 << 16;
+/// The framing format's stream identifier chunk.
+const STREAM_ID: &[u8] = b"\xff\x06\x00\x00sNaPpY";
+
+thread_local! {
+    /// Block encoder (its hash table) and output buffer, reused by every frame of a thread.
+    static FRAME_ENCODER: std::cell::RefCell<(snap::raw::Encoder, Vec<u8>)> =
+        std::cell::RefCell::new((snap::raw::Encoder::new(), Vec::new()));
+}
+
+impl RequestBuilder {
+    /// `size_hint`: about how many message bytes will be added (reserved up front).
+    pub fn new(compression: Compression, size_hint: usize) -> Self {
+        let (capacity, pending) = match compression {
+            Compression::None => (size_hint + 32, None),
+            Compression::Snappy => (
+                size_hint / 4 + 64,
+                Some(Vec::with_capacity(FRAME.min(size_hint + 32))),
+            ),
         };
-        // A decoded series is forwarded as it arrived: the bytes are known to decode to it.
+        let mut out = Vec::with_capacity(PREFIX + capacity);
+        out.extend_from_slice(&[0; PREFIX]);
+        if pending.is_some() {
+            out.extend_from_slice(STREAM_ID);
+        }
+        Self {
+            out,
+            pending,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn put(&mut self, mut b: &[u8]) {
+        let Some(pending) = &mut self.pending else {
+            self.out.extend_from_slice(b);
+            return;
+        };
+        while !b.is_empty() {
+            let take = (FRAME - pending.len()).min(b.len());
+            pending.extend_from_slice(&b[..take]);
+            b = &b[take..];
+            if pending.len() == FRAME {
+                flush_frame(pending, &mut self.out);
+            }
+        }
+    }
+
+    /// Adds one series given as its `TimeSeries` message bytes.
+    pub fn push_raw(&mut self, ts: &[u8]) {
+        let mut head = [0u8; 11];
+        head[0] = 1 << 3 | 2;
+        let mut n = 1;
+        let mut len = ts.len() as u64;
+        while len >= 0x80 {
+            head[n] = len as u8 | 0x80;
+            len >>= 7;
+            n += 1;
+        }
+        head[n] = len as u8;
+        self.put(&head[..=n]);
+        self.put(ts);
+    }
+
+    /// Adds series `i` of `batch`: as the bytes it arrived in when it was decoded from them
+    /// (they are known to decode to it), else encoded in the field order and shape prost would
+    /// write, except that every sample value is written even when it is zero.
+    pub fn push(&mut self, batch: &WriteBatch<'_>, i: u32) {
+        let Some(view) = batch.series.get(i as usize) else {
+            return;
+        };
         if let Some(raw) = batch
             .source
             .get(view.raw.start as usize..view.raw.end as usize)
             .filter(|r| !r.is_empty())
         {
-            put_bytes(out, 1, raw);
-            continue;
+            self.push_raw(raw);
+            return;
         }
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
         let labels = batch.labels_of(view);
         let samples = batch.samples_of(view);
         let label_len = |n: &str, v: &str| field_len(n.len()) + field_len(v.len());
-        let ts_len: usize = labels
-            .iter()
-            .map(|&(n, v)| field_len(label_len(n, v)))
-            .sum::<usize>()
-            + samples
-                .iter()
-                .map(|&(t, _)| field_len(sample_len(t)))
-                .sum::<usize>();
-        put_tag(out, 1, 2);
-        put_varint(out, ts_len as u64);
         for &(n, v) in labels {
-            put_tag(out, 1, 2);
-            put_varint(out, label_len(n, v) as u64);
-            put_bytes(out, 1, n.as_bytes());
-            put_bytes(out, 2, v.as_bytes());
+            put_tag(&mut out, 1, 2);
+            put_varint(&mut out, label_len(n, v) as u64);
+            put_bytes(&mut out, 1, n.as_bytes());
+            put_bytes(&mut out, 2, v.as_bytes());
         }
         for &(t, v) in samples {
-            put_tag(out, 2, 2);
-            put_varint(out, sample_len(t) as u64);
-            put_tag(out, 1, 1);
+            put_tag(&mut out, 2, 2);
+            put_varint(&mut out, sample_len(t) as u64);
+            put_tag(&mut out, 1, 1);
             out.put_u64_le(v.to_bits());
             if t != 0 {
-                put_tag(out, 2, 0);
-                put_varint(out, t as u64);
+                put_tag(&mut out, 2, 0);
+                put_varint(&mut out, t as u64);
             }
         }
+        self.push_raw(&out);
+        self.scratch = out;
     }
-    if !tenant.is_empty() {
-        put_bytes(out, 2, tenant.as_bytes());
+
+    /// Adds the envelope (tenant, 1-based replica; 0 leaves it out) and closes the message.
+    pub fn finish(mut self, tenant: &str, replica: u64) -> WireRequest {
+        let mut tail = Vec::with_capacity(tenant.len() + 16);
+        if !tenant.is_empty() {
+            put_bytes(&mut tail, 2, tenant.as_bytes());
+        }
+        if replica != 0 {
+            put_tag(&mut tail, 3, 0);
+            put_varint(&mut tail, replica);
+        }
+        self.put(&tail);
+        let compressed = match &mut self.pending {
+            Some(pending) => {
+                flush_frame(pending, &mut self.out);
+                true
+            }
+            None => false,
+        };
+        let mut body = self.out;
+        let len = (body.len() - PREFIX) as u32;
+        body[0] = u8::from(compressed);
+        body[1..PREFIX].copy_from_slice(&len.to_be_bytes());
+        WireRequest {
+            body: Bytes::from(body),
+            compressed,
+        }
     }
-    if replica != 0 {
-        put_tag(out, 3, 0);
-        put_varint(out, replica);
+}
+
+/// Appends `data` to `out` as one chunk of the snappy framing format (compressed unless that
+/// saves less than an eighth, as the reference encoder decides) and empties `data`.
+fn flush_frame(data: &mut Vec<u8>, out: &mut Vec<u8>) {
+    if data.is_empty() {
+        return;
     }
+    let crc = crc32c::crc32c(data);
+    let masked = (crc.rotate_right(15)).wrapping_add(0xa282_ead8);
+    FRAME_ENCODER.with_borrow_mut(|(enc, buf)| {
+        let max = snap::raw::max_compress_len(data.len());
+        if buf.len() < max {
+            buf.resize(max, 0);
+        }
+        let (kind, body) = match enc.compress(data, buf) {
+            Ok(n) if n < data.len() - data.len() / 8 => (0x00, &buf[..n]),
+            // Incompressible (or, impossibly for a frame, refused): stored as it is.
+            _ => (0x01, &data[..]),
+        };
+        let len = (body.len() + 4) as u32;
+        out.push(kind);
+        out.extend_from_slice(&len.to_le_bytes()[..3]);
+        out.extend_from_slice(&masked.to_le_bytes());
+        out.extend_from_slice(body);
+    });
+    data.clear();
+}
+
+/// The given series of `batch` as one request (see [`RequestBuilder`]).
+pub fn encode_request(
+    tenant: &str,
+    replica: u64,
+    batch: &WriteBatch<'_>,
+    series: &[u32],
+    compression: Compression,
+) -> WireRequest {
+    let size: usize = series
+        .iter()
+        .filter_map(|&i| batch.series.get(i as usize))
+        .map(|v| (v.raw.end - v.raw.start) as usize + 6)
+        .sum();
+    let mut b = RequestBuilder::new(compression, size);
+    for &i in series {
+        b.push(batch, i);
+    }
+    b.finish(tenant, replica)
 }
 
 fn sample_len(t: i64) -> usize {
@@ -201,41 +338,6 @@ fn put_bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
     put_tag(out, field, 2);
     put_varint(out, b.len() as u64);
     out.extend_from_slice(b);
-}
-
-/// Sends pre-encoded request bytes and ignores the (empty) `WriteResponse`.
-#[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = ();
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Bytes;
-    type Error = Status;
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = ();
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, Status> {
-        src.advance(src.remaining());
-        Ok(Some(()))
-    }
 }
 
 /// gRPC metadata on a write a node passes on because its ring names another owner; the
@@ -303,12 +405,12 @@ impl Peers {
         }
     }
 
-    /// Sends one encoded `thanos.WriteRequest` to `addr`; `reforward` marks a request this
-    /// node received from a peer and passes on (see [`REFORWARDED`]).
+    /// Sends one `thanos.WriteRequest` to `addr`; `reforward` marks a request this node
+    /// received from a peer and passes on (see [`REFORWARDED`]).
     pub async fn write(
         &self,
         addr: &str,
-        request: Bytes,
+        request: WireRequest,
         reforward: bool,
     ) -> Result<(), PeerError> {
         let peer = self.peer(addr)?;
@@ -320,18 +422,7 @@ impl Peers {
                 });
             }
         }
-        let call = async {
-            match self.opts.compression {
-                Compression::Snappy => {
-                    let svc = crate::proto::snappy::SendSnappy::new(peer.channel.clone());
-                    unary(tonic::client::Grpc::new(svc), addr, request, reforward).await
-                }
-                Compression::None => {
-                    let grpc = tonic::client::Grpc::new(peer.channel.clone());
-                    unary(grpc, addr, request, reforward).await
-                }
-            }
-        };
+        let call = unary(peer.channel.clone(), addr, request, reforward);
         let res = match tokio::time::timeout(self.opts.timeout, call).await {
             Ok(r) => r,
             Err(_) => Err(PeerError::Timeout {
@@ -356,37 +447,62 @@ impl Peers {
     }
 }
 
-async fn unary<T>(
-    mut grpc: tonic::client::Grpc<T>,
+/// One gRPC unary call with an already framed message. tonic's client would copy the message
+/// into its own buffer (and a compression layer once more); the body goes out as built here.
+async fn unary(
+    mut channel: Channel,
     addr: &str,
-    request: Bytes,
+    request: WireRequest,
     reforward: bool,
-) -> Result<(), PeerError>
-where
-    T: tonic::client::GrpcService<tonic::body::BoxBody>,
-    T::Error: Into<tonic::codegen::StdError>,
-    T::ResponseBody: tonic::codegen::Body<Data = Bytes> + Send + 'static,
-    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
-{
-    grpc.ready().await.map_err(|e| PeerError::Unavailable {
+) -> Result<(), PeerError> {
+    use tonic::codegen::http;
+    let unavailable = |e: &dyn std::fmt::Display| PeerError::Unavailable {
         addr: addr.to_string(),
-        reason: e.into().to_string(),
-    })?;
-    let mut request = tonic::Request::new(request);
-    if reforward {
-        request.metadata_mut().insert(
-            REFORWARDED,
-            tonic::metadata::MetadataValue::from_static("1"),
-        );
+        reason: e.to_string(),
+    };
+    let mut req = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(PathAndQuery::from_static("/thanos.WriteableStore/RemoteWrite").as_str())
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers");
+    if request.compressed {
+        req = req.header("grpc-encoding", "snappy");
     }
-    grpc.unary(
-        request,
-        PathAndQuery::from_static("/thanos.WriteableStore/RemoteWrite"),
-        RawCodec,
-    )
-    .await
-    .map(|_| ())
-    .map_err(|s| PeerError::from_status(addr, &s))
+    if reforward {
+        req = req.header(REFORWARDED, "1");
+    }
+    let req = req
+        .body(crate::proto::snappy::boxed(request.body))
+        .map_err(|e| PeerError::Internal {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?;
+    std::future::poll_fn(|cx| tower::Service::poll_ready(&mut channel, cx))
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let resp = tower::Service::call(&mut channel, req)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let status = match Status::from_header_map(resp.headers()) {
+        // Trailers-only answer (errors, usually).
+        Some(s) => s,
+        None => {
+            let http_status = resp.status();
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .map_err(|e| unavailable(&e))?;
+            match body.trailers().and_then(Status::from_header_map) {
+                Some(s) => s,
+                None => {
+                    Status::internal(format!("answer without grpc-status (HTTP {http_status})"))
+                }
+            }
+        }
+    };
+    match status.code() {
+        Code::Ok => Ok(()),
+        _ => Err(PeerError::from_status(addr, &status)),
+    }
 }
 
 /// A number in [0, 1) that differs between calls; only used to spread retries.
@@ -408,6 +524,32 @@ mod tests {
     use proptest::prelude::*;
     use prost::Message;
 
+    /// The `thanos.WriteRequest` bytes inside a built request, checking its gRPC prefix.
+    fn message(req: &WireRequest) -> Vec<u8> {
+        let (head, body) = req.body.split_at(PREFIX);
+        assert_eq!(head[0], u8::from(req.compressed));
+        assert_eq!(
+            u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize,
+            body.len()
+        );
+        if !req.compressed {
+            return body.to_vec();
+        }
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut snap::read::FrameDecoder::new(body), &mut out).unwrap();
+        out
+    }
+
+    fn encode(
+        tenant: &str,
+        replica: u64,
+        batch: &WriteBatch<'_>,
+        series: &[u32],
+        c: Compression,
+    ) -> Vec<u8> {
+        message(&encode_request(tenant, replica, batch, series, c))
+    }
+
     proptest! {
         #[test]
         fn hand_encoding_decodes_with_prost_and_keeps_every_value(
@@ -420,7 +562,9 @@ mod tests {
             ),
             tenant in "[a-z0-9-]{0,12}",
             replica in 0u64..6,
+            snappy in any::<bool>(),
         ) {
+            let c = if snappy { Compression::Snappy } else { Compression::None };
             let ts: Vec<crate::proto::prom::TimeSeries> = series
                 .iter()
                 .map(|(labels, samples)| crate::proto::prom::TimeSeries {
@@ -437,8 +581,7 @@ mod tests {
                 .collect();
             let batch = crate::remote_write::from_timeseries(&ts);
             let all: Vec<u32> = (0..ts.len() as u32).collect();
-            let mut buf = Vec::new();
-            encode_write(&tenant, replica, &batch, &all, &mut buf);
+            let buf = encode(&tenant, replica, &batch, &all, c);
             let got = pb::WriteRequest::decode(buf.as_slice()).unwrap();
             prop_assert_eq!(&got.tenant, &tenant);
             prop_assert_eq!(got.replica, replica as i64);
@@ -473,17 +616,44 @@ mod tests {
         }
         .encode_to_vec();
         let batch = crate::remote_write::decode(&raw).unwrap();
-        let mut buf = Vec::new();
-        encode_write("t", 2, &batch, &[2, 0], &mut buf);
+        let buf = encode("t", 2, &batch, &[2, 0], Compression::Snappy);
         let got = pb::WriteRequest::decode(buf.as_slice()).unwrap();
         assert_eq!(got.timeseries, vec![ts[2].clone(), ts[0].clone()]);
         assert_eq!((got.tenant.as_str(), got.replica), ("t", 2));
         // A share of a share keeps pointing at the same bytes.
         let share = batch.subset(&[1]);
-        let mut buf2 = Vec::new();
-        encode_write("t", 1, &share, &[0], &mut buf2);
+        let buf2 = encode("t", 1, &share, &[0], Compression::None);
         let got = pb::WriteRequest::decode(buf2.as_slice()).unwrap();
         assert_eq!(got.timeseries, vec![ts[1].clone()]);
+    }
+
+    /// Several frames, some stored uncompressed: the reference decoder (which checks every
+    /// frame's CRC) gets the message back.
+    #[test]
+    fn long_and_incompressible_messages_frame_correctly() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..150_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let text = b"series bytes that repeat ".repeat(8_000);
+        for c in [Compression::Snappy, Compression::None] {
+            let mut b = RequestBuilder::new(c, 10);
+            b.push_raw(&noise);
+            b.push_raw(&text);
+            let req = b.finish("tenant", 3);
+            let mut want = Vec::new();
+            for ts in [&noise[..], &text[..]] {
+                put_bytes(&mut want, 1, ts);
+            }
+            put_bytes(&mut want, 2, b"tenant");
+            want.extend([3 << 3, 3]);
+            assert_eq!(message(&req), want, "{c:?}");
+        }
     }
 
     #[test]
@@ -500,8 +670,7 @@ mod tests {
             ..Default::default()
         }];
         let batch = crate::remote_write::from_timeseries(&ts);
-        let mut buf = Vec::new();
-        encode_write("t", 1, &batch, &[0], &mut buf);
+        let buf = encode("t", 1, &batch, &[0], Compression::None);
         let got = pb::WriteRequest::decode(buf.as_slice()).unwrap();
         assert_eq!(
             got.timeseries[0].samples[0].value.to_bits(),
@@ -521,8 +690,7 @@ mod tests {
             })
             .collect();
         let batch = crate::remote_write::from_timeseries(&ts);
-        let mut buf = Vec::new();
-        encode_write("", 0, &batch, &[3, 1], &mut buf);
+        let buf = encode("", 0, &batch, &[3, 1], Compression::Snappy);
         let got = pb::WriteRequest::decode(buf.as_slice()).unwrap();
         let values: Vec<_> = got
             .timeseries

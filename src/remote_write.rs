@@ -257,21 +257,28 @@ impl Scratch {
         opts: &Options,
         f: impl FnOnce(&WriteBatch<'_>) -> R,
     ) -> Result<R, DecodeError> {
-        let len = decompressed_len(body, opts)?;
-        if self.raw.len() < len {
-            self.raw.resize(len, 0);
-        }
-        let decoded = snap::raw::Decoder::new()
-            .decompress(body, &mut self.raw[..len])
-            .map_err(|e| DecodeError::Snappy(e.to_string()));
-        let out = decoded.and_then(|n| {
-            let (raw, spare) = (&self.raw[..n], &mut self.spare);
-            with_batch(spare, raw, f)
-        });
+        let out =
+            inflate(&mut self.raw, body, opts).and_then(|raw| with_batch(&mut self.spare, raw, f));
+        self.shrink();
+        out
+    }
+
+    /// Decompresses `body` into the reused buffer and hands the bytes to `f`.
+    pub fn decompress<R>(
+        &mut self,
+        body: &[u8],
+        opts: &Options,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, DecodeError> {
+        let out = inflate(&mut self.raw, body, opts).map(f);
+        self.shrink();
+        out
+    }
+
+    fn shrink(&mut self) {
         if self.raw.len() > SCRATCH_KEEP_BYTES {
             *self = Scratch::default();
         }
-        out
     }
 
     /// Decodes an uncompressed message whose field 1 holds the series (a remote-write request,
@@ -283,6 +290,18 @@ impl Scratch {
     ) -> Result<R, DecodeError> {
         with_batch(&mut self.spare, raw, f)
     }
+}
+
+/// Decompresses a snappy block-format body into `buf` (grown as needed, never shrunk here).
+fn inflate<'b>(buf: &'b mut Vec<u8>, body: &[u8], opts: &Options) -> Result<&'b [u8], DecodeError> {
+    let len = decompressed_len(body, opts)?;
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    let n = snap::raw::Decoder::new()
+        .decompress(body, &mut buf[..len])
+        .map_err(|e| DecodeError::Snappy(e.to_string()))?;
+    Ok(&buf[..n])
 }
 
 fn with_batch<R>(
@@ -327,6 +346,73 @@ pub fn forwarded_envelope(buf: &[u8]) -> Result<Forwarded<'_>, DecodeError> {
         }
     }
     Ok(out)
+}
+
+/// One series as a router sees it: its `TimeSeries` message and its label names and values,
+/// neither parsed further nor checked.
+#[derive(Debug)]
+pub struct ScannedSeries<'s, 'a> {
+    pub raw: &'a [u8],
+    pub labels: &'s [(&'a [u8], &'a [u8])],
+}
+
+/// Reads a request only as far as placing its series needs. Samples are counted, not parsed, and
+/// labels are not validated: a router passes each series on as it came, and the ingestors that
+/// store it apply the rules (as Thanos routers leave them to their ingestors).
+#[derive(Debug)]
+pub struct SeriesScanner<'a> {
+    r: Reader<'a>,
+    labels: Vec<(&'a [u8], &'a [u8])>,
+    samples: usize,
+}
+
+impl<'a> SeriesScanner<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self {
+            r: Reader::new(buf),
+            labels: Vec::new(),
+            samples: 0,
+        }
+    }
+
+    /// The next series, or `None` at the end; a malformed message is an error.
+    #[allow(clippy::should_implement_trait)] // lends its label buffer, which Iterator cannot
+    pub fn next(&mut self) -> Result<Option<ScannedSeries<'_, 'a>>, DecodeError> {
+        while !self.r.done() {
+            let (field, wt) = self.r.key()?;
+            if (field, wt) != (1, WT_LEN) {
+                self.r.skip(wt)?;
+                continue;
+            }
+            let ts = self.r.bytes()?;
+            self.labels.clear();
+            let mut r = Reader::new(ts);
+            while !r.done() {
+                match r.key()? {
+                    (1, WT_LEN) => {
+                        let label = r.bytes()?;
+                        let (n, v) = decode_label(label)?;
+                        self.labels.push((&label[n], &label[v]));
+                    }
+                    (2, WT_LEN) => {
+                        r.bytes()?;
+                        self.samples += 1;
+                    }
+                    (_, wt) => r.skip(wt)?,
+                }
+            }
+            return Ok(Some(ScannedSeries {
+                raw: ts,
+                labels: &self.labels,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Samples in the series read so far.
+    pub fn samples(&self) -> usize {
+        self.samples
+    }
 }
 
 /// Parses a `prometheus.WriteRequest` and validates each series' label set.
@@ -488,6 +574,7 @@ pub fn validate_labels(labels: &[(&str, &str)]) -> Result<(), SeriesError> {
 
 /// Returns the byte ranges of a label's name and value within `buf`; an absent field (proto3
 /// leaves out empty strings) is an empty range.
+#[inline]
 fn decode_label(buf: &[u8]) -> Result<(Range<usize>, Range<usize>), DecodeError> {
     // The shape every known sender writes (name, then value, one-byte lengths) is read in one
     // step; anything else takes the general path below.
@@ -534,6 +621,7 @@ const WT_LEN: u8 = 2;
 const WT_I32: u8 = 5;
 
 /// A minimal protobuf wire reader over a borrowed buffer; every read is bounds-checked.
+#[derive(Debug)]
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -892,6 +980,8 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode(&bytes);
             let _ = decompress(&bytes, &Options::default());
+            let mut scan = SeriesScanner::new(&bytes);
+            while let Ok(Some(_)) = scan.next() {}
         }
 
         #[test]
@@ -920,6 +1010,18 @@ mod tests {
                 let got: Vec<(i64, u64)> = b.samples_of(view).iter().map(|&(t, v)| (t, v.to_bits())).collect();
                 prop_assert_eq!(&got, samples);
             }
+            // A router's scan sees the same series bytes and labels, and counts the samples.
+            let mut scan = SeriesScanner::new(&raw);
+            let mut seen = 0;
+            while let Some(s) = scan.next().unwrap() {
+                let view = &b.series[seen];
+                prop_assert_eq!(s.raw, &raw[view.raw.start as usize..view.raw.end as usize]);
+                let want: Vec<(&[u8], &[u8])> = b.labels_of(view).iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect();
+                prop_assert_eq!(s.labels, &want[..]);
+                seen += 1;
+            }
+            prop_assert_eq!(seen, b.series.len());
+            prop_assert_eq!(scan.samples(), b.total_samples());
         }
     }
 }

@@ -194,6 +194,27 @@ fn rf3_router_survives_one_ingestor_down_and_waits_for_two() {
         assert!(got.iter().all(|(_, s)| s.len() == 1));
     }
 
+    // The router passes series on unchecked: the ingestors' 400 for an invalid one comes back,
+    // and the request's valid series are stored everywhere, as on a single node.
+    let mut bad = batch(0..N, 1500);
+    bad.push(series(&[("id", "x"), ("__name__", "repl")], &[(1500, 1.0)]));
+    let (code, body) = write(rw, None, bad);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("labels are not sorted"), "{body}");
+    for (i, n) in ingestors.iter().enumerate() {
+        let got = n.series();
+        assert_eq!(got.len(), N, "ingestor {i}: only the valid series");
+        assert!(got.iter().all(|(_, s)| s.iter().any(|x| x.0 == 1500)));
+    }
+
+    // A body that is not a remote-write message is refused by the router itself.
+    let garbage = snap::raw::Encoder::new()
+        .compress_vec(b"\x0a\xff\x01")
+        .unwrap();
+    let (code, body) = post(rw, &garbage, RW_HEADERS);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("protobuf"), "{body}");
+
     // One ingestor down: quorum 2 of 3 still holds, every write is acknowledged.
     ingestors[2].kill();
     for round in 0..5 {
@@ -205,7 +226,7 @@ fn rf3_router_survives_one_ingestor_down_and_waits_for_two() {
         let got = n.series();
         assert_eq!(got.len(), N);
         assert!(
-            got.iter().all(|(_, s)| s.len() == 6),
+            got.iter().all(|(_, s)| s.len() == 7),
             "acknowledged rounds on live nodes"
         );
     }
@@ -223,16 +244,16 @@ fn rf3_router_survives_one_ingestor_down_and_waits_for_two() {
         n.ready();
     }
     // Every acknowledged sample is on every node that was up when it was acknowledged: rounds
-    // 1–6 on the two that stayed up, round 1 on all three. The retried round needs a quorum
-    // only, and a replica that missed a write does not get it later (no hinted hand-off, as in
-    // Thanos).
+    // 1–6 and the valid part of the rejected one on the two that stayed up, the first two on
+    // all three. The retried round needs a quorum only, and a replica that missed a write does
+    // not get it later (no hinted hand-off, as in Thanos).
     let held: Vec<Vec<IdSamples>> = ingestors.iter().map(Node::series).collect();
     for (i, h) in held.iter().enumerate() {
         assert_eq!(h.len(), N, "ingestor {i}");
         let want: &[i64] = if i < 2 {
-            &[1000, 2000, 3000, 4000, 5000, 6000]
+            &[1000, 1500, 2000, 3000, 4000, 5000, 6000]
         } else {
-            &[1000]
+            &[1000, 1500]
         };
         for (id, samples) in h {
             let ts: Vec<i64> = samples.iter().map(|s| s.0).collect();
@@ -335,7 +356,7 @@ fn ring_changes_under_load_fail_no_request_and_keep_nodes_ready() {
                     t += 1000;
                 }
             }
-            last_err
+            (last_err, t)
         })
     };
     let probe = {
@@ -361,7 +382,7 @@ fn ring_changes_under_load_fail_no_request_and_keep_nodes_ready() {
     write_ring(&ring, &ring_json(&[a, c]));
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::Relaxed);
-    let last_err = load.join().unwrap();
+    let (last_err, t_end) = load.join().unwrap();
     probe.join().unwrap();
     assert_eq!(
         failed.load(Ordering::Relaxed),
@@ -384,7 +405,8 @@ fn ring_changes_under_load_fail_no_request_and_keep_nodes_ready() {
     }
     // After the change, new series go where the new ring says: none to the removed node.
     let before: usize = nodes[1].series().len();
-    let (code, body) = write(a.rw, None, batch(1000..1200, 999_000));
+    // Timestamped after the load: a sample more than an hour behind the head is out of bounds.
+    let (code, body) = write(a.rw, None, batch(1000..1200, t_end));
     assert_eq!(code, 200, "{body}");
     assert_eq!(
         nodes[1].series().len(),

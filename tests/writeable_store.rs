@@ -102,7 +102,7 @@ fn replicated_writes_land_in_their_tenants() {
 /// `snappy` encoding as Thanos routers send it by default, including a -0 sample.
 #[test]
 fn snappy_compressed_forwarded_writes_are_accepted() {
-    use wharf::peer::{encode_write, Compression, Options, Peers};
+    use wharf::peer::{encode_request, Compression, Options, Peers};
     let rx = Receiver::start(&[]);
     let ts: Vec<_> = (0..500)
         .map(|i| {
@@ -114,8 +114,6 @@ fn snappy_compressed_forwarded_writes_are_accepted() {
         .collect();
     let batch = wharf::remote_write::from_timeseries(&ts);
     let all: Vec<u32> = (0..ts.len() as u32).collect();
-    let mut body = Vec::new();
-    encode_write("snappy-tenant", 1, &batch, &all, &mut body);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -126,7 +124,8 @@ fn snappy_compressed_forwarded_writes_are_accepted() {
             ..Options::default()
         });
         let addr = rx.grpc().to_string();
-        rt.block_on(peers.write(&addr, body.clone().into(), false))
+        let body = encode_request("snappy-tenant", 1, &batch, &all, compression);
+        rt.block_on(peers.write(&addr, body, false))
             .unwrap_or_else(|e| panic!("{compression:?}: {e}"));
     }
     let got = tenant_series(&rx, "snappy-tenant");
@@ -137,12 +136,13 @@ fn snappy_compressed_forwarded_writes_are_accepted() {
     // An unreachable peer is reported as unavailable, then failed fast while backing off.
     let peers = Peers::new(Options::default());
     let dead = free_port().to_string();
-    let first = rt.block_on(peers.write(&dead, body.clone().into(), false));
+    let body = encode_request("snappy-tenant", 1, &batch, &all, Compression::Snappy);
+    let first = rt.block_on(peers.write(&dead, body.clone(), false));
     assert!(
         matches!(first, Err(wharf::peer::PeerError::Unavailable { .. })),
         "{first:?}"
     );
-    let second = rt.block_on(peers.write(&dead, body.into(), false));
+    let second = rt.block_on(peers.write(&dead, body, false));
     assert!(
         second
             .as_ref()

@@ -250,13 +250,19 @@ async fn handle_write(
         Err(f) => return (Err(f), WriteSummary::default()),
     };
     let decode_opts = st.opts.decode.clone();
+    let router_only = ingest.routing().is_some_and(|r| r.is_router_only());
     // Decoding and the WAL append are CPU and disk work: keep them off the async workers.
     let joined = tokio::task::spawn_blocking(move || {
         SCRATCH
             .with_borrow_mut(|s| {
-                s.decode(&body, &decode_opts, |b| {
-                    ingest.write_request(&tenant, b, 0, false)
-                })
+                if router_only {
+                    s.decompress(&body, &decode_opts, |raw| ingest.forward_raw(&tenant, raw))
+                        .and_then(|r| r)
+                } else {
+                    s.decode(&body, &decode_opts, |b| {
+                        ingest.write_request(&tenant, b, 0, false)
+                    })
+                }
             })
             .map_err(|e| Failure::new(e.class(), e.to_string()))
     })
