@@ -389,8 +389,15 @@ impl Ingest {
         let mut tracker = Tracker::new(valid.len(), replicas.len(), need);
         let mut example = None;
         if !local.is_empty() {
-            let share = batch.subset(&local);
-            match self.write(tenant, &share) {
+            // Usually the whole request: a forwarded replica, or a ring of one.
+            let subset;
+            let share = if local.len() == batch.series.len() {
+                batch
+            } else {
+                subset = batch.subset(&local);
+                &subset
+            };
+            match self.write(tenant, share) {
                 Ok(s) => {
                     summary.appended = s.appended;
                     tracker.record(&local_pos, Ok(()));

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes};
 use parking_lot::Mutex;
-use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -268,8 +267,7 @@ fn flush_frame(data: &mut Vec<u8>, out: &mut Vec<u8>) {
     if data.is_empty() {
         return;
     }
-    let crc = crc32c::crc32c(data);
-    let masked = (crc.rotate_right(15)).wrapping_add(0xa282_ead8);
+    let masked = crate::proto::snappy::masked_crc(data);
     FRAME_ENCODER.with_borrow_mut(|(enc, buf)| {
         let max = snap::raw::max_compress_len(data.len());
         if buf.len() < max {
@@ -462,7 +460,7 @@ async fn unary(
     };
     let mut req = http::Request::builder()
         .method(http::Method::POST)
-        .uri(PathAndQuery::from_static("/thanos.WriteableStore/RemoteWrite").as_str())
+        .uri(crate::proto::REMOTE_WRITE_PATH)
         .header(http::header::CONTENT_TYPE, "application/grpc")
         .header(http::header::TE, "trailers");
     if request.compressed {

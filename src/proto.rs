@@ -3,6 +3,9 @@
 
 pub mod snappy;
 
+/// The gRPC method routers forward writes through.
+pub const REMOTE_WRITE_PATH: &str = "/thanos.WriteableStore/RemoteWrite";
+
 #[allow(clippy::all, missing_docs, unreachable_pub)]
 pub mod thanos {
     tonic::include_proto!("thanos");

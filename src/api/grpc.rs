@@ -322,69 +322,74 @@ impl tower::Service<tonic::codegen::http::Request<tonic::body::BoxBody>> for Wri
     }
 
     fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::BoxBody>) -> Self::Future {
-        if req.uri().path() != "/thanos.WriteableStore/RemoteWrite" {
+        if req.uri().path() != crate::proto::REMOTE_WRITE_PATH {
             return Box::pin(async { Ok(Status::unimplemented("unknown method").into_http()) });
         }
         let (state, max) = (self.state.clone(), self.max_message_bytes);
         Box::pin(async move {
-            let mut grpc =
-                tonic::server::Grpc::new(RawWrite).apply_max_message_size_config(Some(max), None);
-            Ok(grpc.unary(RemoteWrite(state), req).await)
+            let res = async {
+                let headers = req.headers();
+                let reforwarded = headers.contains_key(crate::peer::REFORWARDED);
+                let snappy = match headers.get("grpc-encoding").map(|v| v.as_bytes()) {
+                    None | Some(b"identity") => false,
+                    Some(b"snappy") => true,
+                    Some(other) => {
+                        return Err(Status::unimplemented(format!(
+                            "grpc-encoding {} is not supported (snappy or identity)",
+                            String::from_utf8_lossy(other)
+                        )))
+                    }
+                };
+                // Snappy's worst case adds a little to incompressible data.
+                let wire_limit = max + max / 64 + 1024;
+                let body = http_body_util::BodyExt::collect(http_body_util::Limited::new(
+                    req.into_body(),
+                    wire_limit,
+                ))
+                .await
+                .map_err(|e| {
+                    let class = if e.to_string().contains("length limit") {
+                        ErrorClass::PayloadTooLarge
+                    } else {
+                        ErrorClass::BadRequest
+                    };
+                    status(class, format!("read request: {e}"))
+                })?
+                .to_bytes();
+                let msg = crate::proto::snappy::unary_message(body, snappy, max).map_err(|e| {
+                    let class = if e.contains("larger than") {
+                        ErrorClass::PayloadTooLarge
+                    } else {
+                        ErrorClass::BadRequest
+                    };
+                    status(class, e)
+                })?;
+                state.remote_write(msg, reforwarded).await
+            }
+            .await;
+            Ok(match res {
+                Ok(()) => empty_reply(),
+                Err(s) => s.into_http(),
+            })
         })
     }
 }
 
-/// Decodes a request into its raw bytes; encodes the empty `WriteResponse`.
-#[derive(Debug, Clone, Copy, Default)]
-struct RawWrite;
-
-impl tonic::codec::Codec for RawWrite {
-    type Encode = ();
-    type Decode = bytes::Bytes;
-    type Encoder = RawWrite;
-    type Decoder = RawWrite;
-    fn encoder(&mut self) -> Self::Encoder {
-        RawWrite
-    }
-    fn decoder(&mut self) -> Self::Decoder {
-        RawWrite
-    }
-}
-
-impl tonic::codec::Encoder for RawWrite {
-    type Item = ();
-    type Error = Status;
-    fn encode(&mut self, _: (), _: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawWrite {
-    type Item = bytes::Bytes;
-    type Error = Status;
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<bytes::Bytes>, Status> {
-        use bytes::Buf;
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
-struct RemoteWrite(GrpcState);
-
-impl tonic::server::UnaryService<bytes::Bytes> for RemoteWrite {
-    type Response = ();
-    type Future = BoxFuture<Result<Response<()>, Status>>;
-
-    fn call(&mut self, req: Request<bytes::Bytes>) -> Self::Future {
-        let state = self.0.clone();
-        Box::pin(async move {
-            let reforwarded = req.metadata().contains_key(crate::peer::REFORWARDED);
-            state.remote_write(req.into_inner(), reforwarded).await?;
-            Ok(Response::new(()))
-        })
-    }
+/// A successful unary answer carrying the empty `WriteResponse`.
+fn empty_reply() -> tonic::codegen::http::Response<tonic::body::BoxBody> {
+    use http_body_util::BodyExt;
+    use tonic::codegen::http;
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let body = http_body_util::Full::new(bytes::Bytes::from_static(&[0; 5]))
+        .map_err(|never: std::convert::Infallible| match never {})
+        .with_trailers(std::future::ready(Some(Ok(trailers))));
+    let mut resp = http::Response::new(tonic::body::BoxBody::new(body));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    resp
 }
 
 thread_local! {

@@ -5,7 +5,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io::Read;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -17,6 +16,98 @@ use tonic::Status;
 
 const ENCODING: &str = "grpc-encoding";
 const NAME: &str = "snappy";
+
+/// Uncompressed bytes per chunk, the framing format's maximum.
+const MAX_CHUNK: usize = 1 << 16;
+
+/// The framing format's checksum: CRC-32C of the uncompressed data, rotated and offset.
+pub(crate) fn masked_crc(data: &[u8]) -> u32 {
+    crc32c::crc32c(data)
+        .rotate_right(15)
+        .wrapping_add(0xa282_ead8)
+}
+
+/// Decodes a snappy framing-format stream (every chunk's checksum verified), refusing output
+/// beyond `limit`. A first pass reads the chunk headers, so the output is allocated once.
+pub fn decode_frames(src: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    // (kind, checksum, data) of the data chunks, and their uncompressed total.
+    let mut chunks = Vec::new();
+    let mut total = 0usize;
+    let mut rest = src;
+    while !rest.is_empty() {
+        let Some((&[kind, a, b, c], tail)) = rest.split_first_chunk::<4>() else {
+            return Err("truncated snappy chunk header".into());
+        };
+        let len = u32::from_le_bytes([a, b, c, 0]) as usize;
+        let Some(chunk) = tail.get(..len) else {
+            return Err("snappy chunk shorter than its length".into());
+        };
+        rest = &tail[len..];
+        match kind {
+            0xff if chunk == b"sNaPpY" => {}
+            0xff => return Err("bad snappy stream identifier".into()),
+            0x00 | 0x01 => {
+                let Some((crc, data)) = chunk.split_first_chunk::<4>() else {
+                    return Err("snappy chunk without checksum".into());
+                };
+                let n = match kind {
+                    0x00 => snap::raw::decompress_len(data).map_err(|e| format!("snappy: {e}"))?,
+                    _ => data.len(),
+                };
+                if n > MAX_CHUNK {
+                    return Err("snappy chunk larger than 64 KiB".into());
+                }
+                total += n;
+                if total > limit {
+                    return Err(format!("gRPC message larger than {limit} bytes"));
+                }
+                chunks.push((kind, u32::from_le_bytes(*crc), data, n));
+            }
+            0x02..=0x7f => return Err(format!("reserved snappy chunk type {kind:#x}")),
+            // Skippable chunks (padding).
+            _ => {}
+        }
+    }
+    let mut out = vec![0u8; total];
+    let mut dec = snap::raw::Decoder::new();
+    let mut at = 0;
+    for (kind, crc, data, n) in chunks {
+        let dst = &mut out[at..at + n];
+        if kind == 0x00 {
+            dec.decompress(data, dst)
+                .map_err(|e| format!("snappy: {e}"))?;
+        } else {
+            dst.copy_from_slice(data);
+        }
+        if masked_crc(dst) != crc {
+            return Err("snappy chunk checksum mismatch".into());
+        }
+        at += n;
+    }
+    Ok(out)
+}
+
+/// The one message of a unary gRPC request body: as it is, or decompressed when flagged
+/// (`compressed_ok`: the request declared `grpc-encoding: snappy`). At most `limit` bytes.
+pub fn unary_message(body: Bytes, compressed_ok: bool, limit: usize) -> Result<Bytes, String> {
+    let Some((head, _)) = body.split_first_chunk::<5>() else {
+        return Err("truncated gRPC message header".into());
+    };
+    let (flag, len) = (
+        head[0],
+        u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize,
+    );
+    if body.len() - 5 != len {
+        return Err("gRPC body is not exactly one message".into());
+    }
+    match flag {
+        0 if len > limit => Err(format!("gRPC message larger than {limit} bytes")),
+        0 => Ok(body.slice(5..)),
+        1 if compressed_ok => decode_frames(&body[5..], limit).map(Bytes::from),
+        1 => Err("compressed gRPC message without a known grpc-encoding".into()),
+        f => Err(format!("unexpected gRPC compression flag {f}")),
+    }
+}
 
 /// Decompresses gRPC length-prefixed messages flagged compressed; at most `limit` bytes out.
 fn inflate(body: &[u8], limit: usize) -> Result<Bytes, String> {
@@ -31,23 +122,17 @@ fn inflate(body: &[u8], limit: usize) -> Result<Bytes, String> {
             return Err("gRPC message shorter than its length prefix".into());
         };
         rest = &tail[len..];
-        let start = out.len();
-        out.extend_from_slice(&[0; 5]);
-        match head[0] {
-            // Decompressed straight after its prefix; one byte over the limit is enough to know.
-            1 => snap::read::FrameDecoder::new(msg)
-                .take(limit.saturating_sub(out.len()) as u64 + 1)
-                .read_to_end(&mut out)
-                .map(|_| ())
-                .map_err(|e| format!("snappy: {e}"))?,
-            0 => out.extend_from_slice(msg),
+        let plain = match head[0] {
+            1 => std::borrow::Cow::Owned(decode_frames(msg, limit.saturating_sub(out.len()))?),
+            0 => std::borrow::Cow::Borrowed(msg),
             f => return Err(format!("unexpected gRPC compression flag {f}")),
-        }
-        if out.len() > limit {
+        };
+        if out.len() + 5 + plain.len() > limit {
             return Err(format!("gRPC message larger than {limit} bytes"));
         }
-        let n = (out.len() - start - 5) as u32;
-        out[start + 1..start + 5].copy_from_slice(&n.to_be_bytes());
+        out.push(0);
+        out.extend_from_slice(&(plain.len() as u32).to_be_bytes());
+        out.extend_from_slice(&plain);
     }
     Ok(Bytes::from(out))
 }
@@ -97,7 +182,10 @@ where
     }
 
     fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
-        if req.headers().get(ENCODING).and_then(|v| v.to_str().ok()) != Some(NAME) {
+        // Forwarded writes are decompressed by their service, straight into their buffer.
+        if req.headers().get(ENCODING).and_then(|v| v.to_str().ok()) != Some(NAME)
+            || req.uri().path() == super::REMOTE_WRITE_PATH
+        {
             return Box::pin(self.inner.call(req));
         }
         // The clone that was polled ready is the one to call.
@@ -150,6 +238,64 @@ mod tests {
         let mut want = frame(0, &msg);
         want.extend(frame(0, b"second"));
         assert_eq!(&inflate(&packed, 1 << 20).unwrap()[..], &want[..]);
+    }
+
+    #[test]
+    fn frames_of_the_reference_encoder_decode_and_are_checked() {
+        let mut x = 7u64;
+        let mut msg: Vec<u8> = (0..100_000)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                (x >> 56) as u8
+            })
+            .collect();
+        msg.extend(b"compressible ".repeat(20_000));
+        let packed = snappy(&msg);
+        let frames = &packed[5..];
+        assert_eq!(decode_frames(frames, usize::MAX).unwrap(), msg);
+        assert!(decode_frames(frames, msg.len() - 1)
+            .unwrap_err()
+            .contains("larger than"));
+        // A flipped bit in the last chunk's data fails its checksum (or its decompression).
+        let mut bad = frames.to_vec();
+        let last = bad.len() - 3;
+        bad[last] ^= 0x10;
+        assert!(decode_frames(&bad, usize::MAX).is_err());
+        assert!(decode_frames(&frames[..frames.len() - 1], usize::MAX).is_err());
+        assert!(
+            decode_frames(&[0x05, 1, 0, 0, 0], usize::MAX).is_err(),
+            "reserved chunk"
+        );
+        // Padding chunks are skipped.
+        let mut padded = vec![0xfe, 2, 0, 0, 9, 9];
+        padded.extend_from_slice(frames);
+        assert_eq!(decode_frames(&padded, usize::MAX).unwrap(), msg);
+    }
+
+    #[test]
+    fn unary_bodies_hold_exactly_one_message() {
+        let plain = Bytes::from(frame(0, b"hello"));
+        assert_eq!(
+            &unary_message(plain.clone(), false, 100).unwrap()[..],
+            b"hello"
+        );
+        assert!(
+            unary_message(plain.clone(), false, 4).is_err(),
+            "over the limit"
+        );
+        let mut two = frame(0, b"a");
+        two.extend(frame(0, b"b"));
+        assert!(unary_message(Bytes::from(two), false, 100).is_err());
+        let packed = Bytes::from(snappy(b"hello hello hello"));
+        assert!(
+            unary_message(packed.clone(), false, 100).is_err(),
+            "no grpc-encoding"
+        );
+        assert_eq!(
+            &unary_message(packed, true, 100).unwrap()[..],
+            b"hello hello hello"
+        );
+        assert!(unary_message(Bytes::from_static(&[0, 0, 0]), false, 100).is_err());
     }
 
     #[test]
