@@ -100,6 +100,43 @@ fn decode(c: &mut Criterion) {
     g.finish();
 }
 
+/// A router's CPU work per request without the network: decompress, hash each series' labels,
+/// place it, and build each peer's request (see `scripts/bench-router.sh` for the whole path).
+fn route(c: &mut Criterion) {
+    use wharf::hashring::{Algorithm, Hashrings};
+    use wharf::peer::Compression;
+    let body = request(0, 1_700_000_000_000);
+    let opts = remote_write::Options::default();
+    let tenant = wharf::model::TenantId::new("default-tenant").expect("tenant");
+    let ring = |n: usize, rf: usize| {
+        let eps: Vec<String> = (1..=n).map(|i| format!("\"10.0.0.{i}:10901\"")).collect();
+        let json = format!(
+            r#"[{{"hashring":"default","endpoints":[{}]}}]"#,
+            eps.join(",")
+        );
+        Hashrings::from_json(&json, Algorithm::Hashmod, rf).expect("ring")
+    };
+    let mut g = c.benchmark_group("route");
+    g.throughput(Throughput::Elements(SERIES as u64));
+    for (name, peers, rf, compression) in [
+        ("2 peers RF 1, snappy", 2, 1, Compression::Snappy),
+        ("2 peers RF 1, uncompressed", 2, 1, Compression::None),
+        ("3 peers RF 3, snappy", 3, 3, Compression::Snappy),
+    ] {
+        let rings = ring(peers, rf);
+        g.bench_function(format!("decompress+split 2000 series, {name}"), |b| {
+            b.iter(|| {
+                let raw = remote_write::decompress(black_box(&body), &opts).expect("decompress");
+                let split =
+                    wharf::ingest::split(&rings, &tenant, &raw, rf, compression).expect("split");
+                assert_eq!(split.summary.samples, SERIES);
+                black_box(split.shares.len());
+            })
+        });
+    }
+    g.finish();
+}
+
 fn append(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (db, _) = Tsdb::open(dir.path(), &TsdbOptions::default()).expect("open");
@@ -161,5 +198,5 @@ fn xor(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, append, xor);
+criterion_group!(benches, decode, route, append, xor);
 criterion_main!(benches);

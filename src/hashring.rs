@@ -146,17 +146,29 @@ impl SeriesHasher {
         tenant: &str,
         labels: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     ) -> u64 {
-        let buf = &mut self.buf;
-        buf.clear();
-        buf.extend_from_slice(tenant.as_bytes());
-        buf.push(0xff);
+        self.start(tenant);
         for (n, v) in labels {
-            buf.extend_from_slice(n);
-            buf.push(0xff);
-            buf.extend_from_slice(v);
-            buf.push(0xff);
+            self.label(n, v);
         }
-        xxhash_rust::xxh64::xxh64(buf, 0)
+        self.finish()
+    }
+
+    /// Begins a series: [`label`](Self::label) each label in order, then [`finish`](Self::finish).
+    pub fn start(&mut self, tenant: &str) {
+        self.buf.clear();
+        self.buf.extend_from_slice(tenant.as_bytes());
+        self.buf.push(0xff);
+    }
+
+    pub fn label(&mut self, name: &[u8], value: &[u8]) {
+        self.buf.extend_from_slice(name);
+        self.buf.push(0xff);
+        self.buf.extend_from_slice(value);
+        self.buf.push(0xff);
+    }
+
+    pub fn finish(&self) -> u64 {
+        xxhash_rust::xxh64::xxh64(&self.buf, 0)
     }
 }
 

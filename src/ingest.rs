@@ -13,7 +13,7 @@ use parking_lot::RwLock;
 use crate::hashring::{Endpoint, Hashrings, SeriesHasher};
 use crate::model::{ErrorClass, TenantId};
 use crate::multitsdb::{MultiTsdb, MultiTsdbError};
-use crate::peer::{Compression, PeerError, Peers, RequestBuilder};
+use crate::peer::{Compression, PeerError, Peers, RequestBuilder, WireRequest};
 use crate::remote_write::{DecodeError, SeriesError, SeriesScanner, WriteBatch};
 use crate::telemetry::metrics;
 use crate::tsdb::SampleRejection;
@@ -58,6 +58,8 @@ pub enum IngestError {
     },
     #[error("{0}")]
     Storage(#[from] MultiTsdbError),
+    #[error("{0}")]
+    Decode(#[from] DecodeError),
 }
 
 impl IngestError {
@@ -73,6 +75,7 @@ impl IngestError {
             IngestError::BadReplica { .. } => ErrorClass::BadRequest,
             IngestError::Quorum { class, .. } => *class,
             IngestError::Placement { .. } | IngestError::Storage(_) => ErrorClass::Internal,
+            IngestError::Decode(e) => e.class(),
         }
     }
 }
@@ -143,6 +146,61 @@ impl Routing {
     }
 }
 
+/// One replica write: the request for one (endpoint, replica) and the tracker positions of the
+/// series it carries.
+#[derive(Debug)]
+pub struct Share<'r> {
+    pub addr: &'r str,
+    pub request: WireRequest,
+    pub positions: Vec<u32>,
+}
+
+/// A request divided into its replica writes.
+#[derive(Debug)]
+pub struct Split<'r> {
+    pub shares: Vec<Share<'r>>,
+    pub summary: WriteSummary,
+}
+
+/// Divides a decompressed remote-write request into one request per (endpoint, replica) by the
+/// hashring, each series passed on as the bytes it arrived in: a router's whole CPU work for a
+/// write, apart from the network.
+pub fn split<'r>(
+    rings: &'r Hashrings,
+    tenant: &TenantId,
+    raw: &[u8],
+    rf: usize,
+    compression: Compression,
+) -> Result<Split<'r>, IngestError> {
+    // Each share is at most the whole request.
+    let mut fanout = Fanout::new(compression, raw.len());
+    let mut scan = SeriesScanner::new(raw);
+    let mut hasher = SeriesHasher::default();
+    let mut series = 0u32;
+    hasher.start(tenant.as_str());
+    while let Some(ts) = scan.next_series(|n, v| hasher.label(n, v))? {
+        let h = hasher.finish();
+        hasher.start(tenant.as_str());
+        for n in 0..rf {
+            let ep = rings
+                .get_n(tenant.as_str(), h, n)
+                .map_err(|e| placement(tenant, e))?;
+            let g = fanout.group(ep, n);
+            g.request.push_raw(ts);
+            g.positions.push(series);
+        }
+        series += 1;
+    }
+    Ok(Split {
+        shares: fanout.finish(tenant),
+        summary: WriteSummary {
+            series: series as usize,
+            samples: scan.samples(),
+            appended: 0,
+        },
+    })
+}
+
 fn placement(tenant: &TenantId, err: crate::hashring::HashringError) -> IngestError {
     IngestError::Placement {
         tenant: tenant.to_string(),
@@ -166,6 +224,7 @@ struct Fanout<'r> {
 }
 
 struct Group<'r> {
+    key: (usize, usize),
     addr: &'r str,
     /// 0-based.
     replica: usize,
@@ -183,18 +242,40 @@ impl<'r> Fanout<'r> {
         }
     }
 
+    /// Closes every request (1-based replica numbers, as on the wire).
+    fn finish(self, tenant: &TenantId) -> Vec<Share<'r>> {
+        self.groups
+            .into_iter()
+            .map(|g| Share {
+                addr: g.addr,
+                request: g.request.finish(tenant.as_str(), g.replica as u64 + 1),
+                positions: g.positions,
+            })
+            .collect()
+    }
+
     fn group(&mut self, ep: &'r Endpoint, replica: usize) -> &mut Group<'r> {
         let key = (ep as *const Endpoint as usize, replica);
-        let next = self.groups.len();
-        let g = *self.index.entry(key).or_insert(next);
-        if g == next {
-            self.groups.push(Group {
-                addr: &ep.address,
-                replica,
-                request: RequestBuilder::new(self.compression, self.size_hint),
-                positions: Vec::new(),
-            });
-        }
+        // A few groups are found faster by comparing than by hashing.
+        let found = if self.groups.len() <= 16 {
+            self.groups.iter().position(|g| g.key == key)
+        } else {
+            self.index.get(&key).copied()
+        };
+        let g = match found {
+            Some(g) => g,
+            None => {
+                self.index.insert(key, self.groups.len());
+                self.groups.push(Group {
+                    key,
+                    addr: &ep.address,
+                    replica,
+                    request: RequestBuilder::new(self.compression, self.size_hint),
+                    positions: Vec::new(),
+                });
+                self.groups.len() - 1
+            }
+        };
         &mut self.groups[g]
     }
 }
@@ -385,7 +466,8 @@ impl Ingest {
                 }
             }
         }
-        let (groups, results) = self.dispatch(routing, tenant, fanout, replica > 0, started);
+        let shares = fanout.finish(tenant);
+        let (groups, results) = self.dispatch(routing, shares, replica > 0, started);
         let mut tracker = Tracker::new(valid.len(), replicas.len(), need);
         let mut example = None;
         if !local.is_empty() {
@@ -427,78 +509,54 @@ impl Ingest {
     /// A router-only node's write: reads `raw` (a decompressed remote-write request) only as
     /// far as placement needs and forwards every series as it arrived; the ingestors validate
     /// and store it. Blocking; must run inside the Tokio runtime, which carries the writes.
-    pub fn forward_raw(&self, tenant: &TenantId, raw: &[u8]) -> Result<Outcome, DecodeError> {
+    pub fn forward_raw(&self, tenant: &TenantId, raw: &[u8]) -> Outcome {
         let started = Instant::now();
         let Some(routing) = &self.routing else {
             let e = IngestError::Placement {
                 tenant: tenant.to_string(),
                 reason: "no hashring configured".into(),
             };
-            return Ok(Outcome::Done(Err((WriteSummary::default(), e))));
+            return Outcome::Done(Err((WriteSummary::default(), e)));
         };
         let rings = routing.state.read().rings.clone();
-        // Each share is at most the whole request.
-        let mut fanout = Fanout::new(routing.peers.options().compression, raw.len());
-        let mut scan = SeriesScanner::new(raw);
-        let mut hasher = SeriesHasher::default();
-        let mut series = 0u32;
-        while let Some(s) = scan.next()? {
-            let h = hasher.hash(tenant.as_str(), s.labels.iter().copied());
-            for n in 0..routing.rf {
-                let ep = match rings.get_n(tenant.as_str(), h, n) {
-                    Ok(ep) => ep,
-                    Err(e) => {
-                        let e = placement(tenant, e);
-                        return Ok(Outcome::Done(Err((WriteSummary::default(), e))));
-                    }
-                };
-                let g = fanout.group(ep, n);
-                g.request.push_raw(s.raw);
-                g.positions.push(series);
-            }
-            series += 1;
-        }
-        let summary = WriteSummary {
-            series: series as usize,
-            samples: scan.samples(),
-            appended: 0,
+        let compression = routing.peers.options().compression;
+        let split = match split(&rings, tenant, raw, routing.rf, compression) {
+            Ok(s) => s,
+            Err(e) => return Outcome::Done(Err((WriteSummary::default(), e))),
         };
         if !self.is_ready() {
-            return Ok(Outcome::Done(Err((summary, IngestError::NotReady))));
+            return Outcome::Done(Err((split.summary, IngestError::NotReady)));
         }
         let need = quorum(routing.rf);
-        let (groups, results) = self.dispatch(routing, tenant, fanout, false, started);
-        Ok(Outcome::Forwarding(Pending {
-            tracker: Tracker::new(series as usize, routing.rf, need),
+        let (groups, results) = self.dispatch(routing, split.shares, false, started);
+        Outcome::Forwarding(Pending {
+            tracker: Tracker::new(split.summary.series, routing.rf, need),
             results,
             outstanding: groups.len(),
             groups,
             deadline: tokio::time::Instant::now() + routing.peers.options().timeout,
-            summary,
+            summary: split.summary,
             example: None,
             deferred: None,
             rf: routing.rf,
             need,
-        }))
+        })
     }
 
-    /// Starts one task per replica write; each reports (group, result) on the channel.
+    /// Starts one task per replica write; each reports (share, result) on the channel.
     fn dispatch(
         &self,
         routing: &Routing,
-        tenant: &TenantId,
-        fanout: Fanout<'_>,
+        shares: Vec<Share<'_>>,
         reforward: bool,
         started: Instant,
     ) -> (Vec<Vec<u32>>, Results) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut groups = Vec::with_capacity(fanout.groups.len());
-        for (g, group) in fanout.groups.into_iter().enumerate() {
-            let request = group
-                .request
-                .finish(tenant.as_str(), group.replica as u64 + 1);
-            let (peers, tx, addr) = (routing.peers.clone(), tx.clone(), group.addr.to_string());
-            groups.push(group.positions);
+        let mut groups = Vec::with_capacity(shares.len());
+        for (g, share) in shares.into_iter().enumerate() {
+            let (peers, tx, addr) = (routing.peers.clone(), tx.clone(), share.addr.to_string());
+            let request = share.request;
+            groups.push(share.positions);
             tokio::spawn(async move {
                 metrics()
                     .forward_delay

@@ -348,21 +348,12 @@ pub fn forwarded_envelope(buf: &[u8]) -> Result<Forwarded<'_>, DecodeError> {
     Ok(out)
 }
 
-/// One series as a router sees it: its `TimeSeries` message and its label names and values,
-/// neither parsed further nor checked.
-#[derive(Debug)]
-pub struct ScannedSeries<'s, 'a> {
-    pub raw: &'a [u8],
-    pub labels: &'s [(&'a [u8], &'a [u8])],
-}
-
 /// Reads a request only as far as placing its series needs. Samples are counted, not parsed, and
 /// labels are not validated: a router passes each series on as it came, and the ingestors that
 /// store it apply the rules (as Thanos routers leave them to their ingestors).
 #[derive(Debug)]
 pub struct SeriesScanner<'a> {
     r: Reader<'a>,
-    labels: Vec<(&'a [u8], &'a [u8])>,
     samples: usize,
 }
 
@@ -370,14 +361,16 @@ impl<'a> SeriesScanner<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
         Self {
             r: Reader::new(buf),
-            labels: Vec::new(),
             samples: 0,
         }
     }
 
-    /// The next series, or `None` at the end; a malformed message is an error.
-    #[allow(clippy::should_implement_trait)] // lends its label buffer, which Iterator cannot
-    pub fn next(&mut self) -> Result<Option<ScannedSeries<'_, 'a>>, DecodeError> {
+    /// The next series' `TimeSeries` message, after handing each of its labels (name, value;
+    /// unchecked bytes) to `label`; `None` at the end. A malformed message is an error.
+    pub fn next_series(
+        &mut self,
+        mut label: impl FnMut(&'a [u8], &'a [u8]),
+    ) -> Result<Option<&'a [u8]>, DecodeError> {
         while !self.r.done() {
             let (field, wt) = self.r.key()?;
             if (field, wt) != (1, WT_LEN) {
@@ -385,14 +378,13 @@ impl<'a> SeriesScanner<'a> {
                 continue;
             }
             let ts = self.r.bytes()?;
-            self.labels.clear();
             let mut r = Reader::new(ts);
             while !r.done() {
                 match r.key()? {
                     (1, WT_LEN) => {
-                        let label = r.bytes()?;
-                        let (n, v) = decode_label(label)?;
-                        self.labels.push((&label[n], &label[v]));
+                        let l = r.bytes()?;
+                        let (n, v) = decode_label(l)?;
+                        label(&l[n], &l[v]);
                     }
                     (2, WT_LEN) => {
                         r.bytes()?;
@@ -401,10 +393,7 @@ impl<'a> SeriesScanner<'a> {
                     (_, wt) => r.skip(wt)?,
                 }
             }
-            return Ok(Some(ScannedSeries {
-                raw: ts,
-                labels: &self.labels,
-            }));
+            return Ok(Some(ts));
         }
         Ok(None)
     }
@@ -981,7 +970,7 @@ mod tests {
             let _ = decode(&bytes);
             let _ = decompress(&bytes, &Options::default());
             let mut scan = SeriesScanner::new(&bytes);
-            while let Ok(Some(_)) = scan.next() {}
+            while let Ok(Some(_)) = scan.next_series(|_, _| {}) {}
         }
 
         #[test]
@@ -1013,11 +1002,13 @@ mod tests {
             // A router's scan sees the same series bytes and labels, and counts the samples.
             let mut scan = SeriesScanner::new(&raw);
             let mut seen = 0;
-            while let Some(s) = scan.next().unwrap() {
+            let mut labels = Vec::new();
+            while let Some(ts) = scan.next_series(|n, v| labels.push((n, v))).unwrap() {
                 let view = &b.series[seen];
-                prop_assert_eq!(s.raw, &raw[view.raw.start as usize..view.raw.end as usize]);
+                prop_assert_eq!(ts, &raw[view.raw.start as usize..view.raw.end as usize]);
                 let want: Vec<(&[u8], &[u8])> = b.labels_of(view).iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect();
-                prop_assert_eq!(s.labels, &want[..]);
+                prop_assert_eq!(&labels, &want);
+                labels.clear();
                 seen += 1;
             }
             prop_assert_eq!(seen, b.series.len());

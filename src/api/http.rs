@@ -257,7 +257,6 @@ async fn handle_write(
             .with_borrow_mut(|s| {
                 if router_only {
                     s.decompress(&body, &decode_opts, |raw| ingest.forward_raw(&tenant, raw))
-                        .and_then(|r| r)
                 } else {
                     s.decode(&body, &decode_opts, |b| {
                         ingest.write_request(&tenant, b, 0, false)
