@@ -68,7 +68,7 @@ fi
 [ -x "$lg" ] || { echo "loadgen binary not found" >&2; exit 1; }
 LG() { "$lg" --bench "$@"; }
 
-out=${out:-target/bench-compare/$(date +%Y%m%d-%H%M%S)$([ "$smoke" = 1 ] && echo -smoke)}
+out=${out:-target/bench-compare/$(date +%Y%m%d-%H%M%S)$([ "$smoke" = 1 ] && echo -smoke || true)}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 results="$out/results.jsonl"

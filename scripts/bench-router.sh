@@ -5,16 +5,18 @@
 #
 #   scripts/bench-router.sh            # about 3 minutes, release build
 #   scripts/bench-router.sh --smoke    # seconds, dev build (run by scripts/test.sh)
-#   options: --out DIR (default target/bench-router/<time>)
+#   options: --out DIR (default target/bench-router/<time>),
+#            --compression none|snappy (the router's --receive.grpc-compression, default snappy)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-smoke=0 out=""
+smoke=0 out="" compression=snappy
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1 ;;
     --out) out="$2"; shift ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    --compression) compression="$2"; shift ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -36,7 +38,7 @@ fi
 [ -x "$lg" ] || { echo "loadgen binary not found" >&2; exit 1; }
 LG() { "$lg" --bench "$@"; }
 
-out=${out:-target/bench-router/$(date +%Y%m%d-%H%M%S)$([ "$smoke" = 1 ] && echo -smoke)}
+out=${out:-target/bench-router/$(date +%Y%m%d-%H%M%S)$([ "$smoke" = 1 ] && echo -smoke || true)}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/bench-router.XXXXXX")
@@ -101,7 +103,7 @@ run() {
     done
     read -r p1 p2 p3 < <(LG --free-ports 3)
     node "$name-router" "$p1" "$p2" "$p3" --receive.hashrings-file "$ring" \
-      --receive.replication-factor "$rf"
+      --receive.replication-factor "$rf" --receive.grpc-compression "$compression"
     "${pin_gen[@]}" "$lg" --bench --url "http://127.0.0.1:$p1/api/v1/receive" --pid "$npid" \
       --also-pids "$(IFS=,; echo "${ingestor_pids[*]}")" --target-name "$name" --scenario router \
       "${load[@]}" >"$out/$name.txt" 2>&1
