@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Router overhead: remote write straight to one ingestor, versus through a router to two
-# ingestors at RF 1, and to three ingestors at RF 3. Every Wharf process is pinned to core 1,
-# the generator (benches/loadgen.rs) to core 0. Prints one Markdown table (docs/benchmarks.md).
+# ingestors at RF 1, and to three ingestors at RF 3 (ingestors without a hashring). Every Wharf
+# process is pinned to core 1, the generator (benches/loadgen.rs) to core 0. Prints one
+# Markdown table (docs/benchmarks.md).
 #
 #   scripts/bench-router.sh            # about 3 minutes, release build
 #   scripts/bench-router.sh --smoke    # seconds, dev build (run by scripts/test.sh)
@@ -16,7 +17,7 @@ while [ $# -gt 0 ]; do
     --smoke) smoke=1 ;;
     --out) out="$2"; shift ;;
     --compression) compression="$2"; shift ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -97,8 +98,9 @@ run() {
     (IFS=,; echo "[{\"hashring\":\"default\",\"endpoints\":[${eps[*]}]}]") >"$ring"
     for i in $(seq "$n"); do
       read -r a b c <<<"${ports[$((i - 1))]}"
-      node "$name-ingestor-$i" "$a" "$b" "$c" --receive.hashrings-file "$ring" \
-        --receive.local-endpoint "127.0.0.1:$b" --receive.replication-factor "$rf"
+      # Ingestor-only, as in Thanos's router/ingestor split (kube-thanos): no ring, so a
+      # forwarded replica is written as it comes, without placing its series again.
+      node "$name-ingestor-$i" "$a" "$b" "$c"
       ingestor_pids+=("$npid")
     done
     read -r p1 p2 p3 < <(LG --free-ports 3)
