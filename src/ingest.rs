@@ -201,6 +201,31 @@ pub fn split<'r>(
     })
 }
 
+/// Starts one task per replica write; each reports (share, result) on the channel.
+fn dispatch(
+    routing: &Routing,
+    shares: Vec<Share<'_>>,
+    reforward: bool,
+    started: Instant,
+) -> (Vec<Vec<u32>>, Results) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut groups = Vec::with_capacity(shares.len());
+    for (g, share) in shares.into_iter().enumerate() {
+        let (peers, tx, addr) = (routing.peers.clone(), tx.clone(), share.addr.to_string());
+        let request = share.request;
+        groups.push(share.positions);
+        tokio::spawn(async move {
+            metrics()
+                .forward_delay
+                .observe(started.elapsed().as_secs_f64());
+            let res = peers.write(&addr, request, reforward).await;
+            // The request may have settled already; nobody waits for this answer then.
+            let _ = tx.send((g, res));
+        });
+    }
+    (groups, rx)
+}
+
 fn placement(tenant: &TenantId, err: crate::hashring::HashringError) -> IngestError {
     IngestError::Placement {
         tenant: tenant.to_string(),
@@ -467,7 +492,7 @@ impl Ingest {
             }
         }
         let shares = fanout.finish(tenant);
-        let (groups, results) = self.dispatch(routing, shares, replica > 0, started);
+        let (groups, results) = dispatch(routing, shares, replica > 0, started);
         let mut tracker = Tracker::new(valid.len(), replicas.len(), need);
         let mut example = None;
         if !local.is_empty() {
@@ -518,17 +543,17 @@ impl Ingest {
             };
             return Outcome::Done(Err((WriteSummary::default(), e)));
         };
+        if !self.is_ready() {
+            return Outcome::Done(Err((WriteSummary::default(), IngestError::NotReady)));
+        }
         let rings = routing.state.read().rings.clone();
         let compression = routing.peers.options().compression;
         let split = match split(&rings, tenant, raw, routing.rf, compression) {
             Ok(s) => s,
             Err(e) => return Outcome::Done(Err((WriteSummary::default(), e))),
         };
-        if !self.is_ready() {
-            return Outcome::Done(Err((split.summary, IngestError::NotReady)));
-        }
         let need = quorum(routing.rf);
-        let (groups, results) = self.dispatch(routing, split.shares, false, started);
+        let (groups, results) = dispatch(routing, split.shares, false, started);
         Outcome::Forwarding(Pending {
             tracker: Tracker::new(split.summary.series, routing.rf, need),
             results,
@@ -541,32 +566,6 @@ impl Ingest {
             rf: routing.rf,
             need,
         })
-    }
-
-    /// Starts one task per replica write; each reports (share, result) on the channel.
-    fn dispatch(
-        &self,
-        routing: &Routing,
-        shares: Vec<Share<'_>>,
-        reforward: bool,
-        started: Instant,
-    ) -> (Vec<Vec<u32>>, Results) {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut groups = Vec::with_capacity(shares.len());
-        for (g, share) in shares.into_iter().enumerate() {
-            let (peers, tx, addr) = (routing.peers.clone(), tx.clone(), share.addr.to_string());
-            let request = share.request;
-            groups.push(share.positions);
-            tokio::spawn(async move {
-                metrics()
-                    .forward_delay
-                    .observe(started.elapsed().as_secs_f64());
-                let res = peers.write(&addr, request, reforward).await;
-                // The request may have settled already; nobody waits for this answer then.
-                let _ = tx.send((g, res));
-            });
-        }
-        (groups, rx)
     }
 
     pub fn tsdb(&self) -> &Arc<MultiTsdb> {

@@ -179,16 +179,11 @@ impl RequestBuilder {
     /// Adds one series given as its `TimeSeries` message bytes.
     pub fn push_raw(&mut self, ts: &[u8]) {
         let mut head = [0u8; 11];
-        head[0] = 1 << 3 | 2;
-        let mut n = 1;
-        let mut len = ts.len() as u64;
-        while len >= 0x80 {
-            head[n] = len as u8 | 0x80;
-            len >>= 7;
-            n += 1;
-        }
-        head[n] = len as u8;
-        self.put(&head[..=n]);
+        let mut w = &mut head[..];
+        put_tag(&mut w, 1, 2);
+        put_varint(&mut w, ts.len() as u64);
+        let n = 11 - w.len();
+        self.put(&head[..n]);
         self.put(ts);
     }
 
@@ -320,22 +315,22 @@ fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-fn put_tag(out: &mut Vec<u8>, field: u32, wire_type: u32) {
+fn put_tag(out: &mut impl BufMut, field: u32, wire_type: u32) {
     put_varint(out, u64::from(field << 3 | wire_type));
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+fn put_varint(out: &mut impl BufMut, mut v: u64) {
     while v >= 0x80 {
-        out.push(v as u8 | 0x80);
+        out.put_u8(v as u8 | 0x80);
         v >>= 7;
     }
-    out.push(v as u8);
+    out.put_u8(v as u8);
 }
 
-fn put_bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
+fn put_bytes(out: &mut impl BufMut, field: u32, b: &[u8]) {
     put_tag(out, field, 2);
     put_varint(out, b.len() as u64);
-    out.extend_from_slice(b);
+    out.put_slice(b);
 }
 
 /// gRPC metadata on a write a node passes on because its ring names another owner; the

@@ -150,3 +150,74 @@ fn snappy_compressed_forwarded_writes_are_accepted() {
         "{second:?}"
     );
 }
+
+/// Bodies a peer could send that are not one readable message get a gRPC error each, and the
+/// server keeps serving.
+#[test]
+fn unreadable_forwarded_bodies_get_grpc_errors() {
+    use tonic::codegen::http;
+    use tonic::Code;
+    let rx = Receiver::start(&[]);
+    let addr = rx.grpc();
+    let frame = |flag: u8, msg: &[u8]| {
+        let mut v = vec![flag];
+        v.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        v.extend_from_slice(msg);
+        v
+    };
+    let cases: Vec<(&str, Vec<u8>, Code)> = vec![
+        (
+            "snappy",
+            frame(1, b"not snappy frames"),
+            Code::InvalidArgument,
+        ),
+        (
+            "identity",
+            frame(1, b"flagged, not declared"),
+            Code::InvalidArgument,
+        ),
+        ("identity", vec![0, 0, 0], Code::InvalidArgument),
+        ("identity", frame(0, b"\x0a\xff\x01"), Code::InvalidArgument),
+        ("gzip", frame(0, b""), Code::Unimplemented),
+        ("identity", frame(0, b""), Code::Ok),
+    ];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
+        for (encoding, body, want) in cases {
+            let req = http::Request::builder()
+                .method("POST")
+                .uri("/thanos.WriteableStore/RemoteWrite")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header("grpc-encoding", encoding)
+                .body(tonic::body::boxed(http_body_util::Full::new(
+                    bytes::Bytes::from(body.clone()),
+                )))
+                .unwrap();
+            std::future::poll_fn(|cx| tower::Service::poll_ready(&mut ch, cx))
+                .await
+                .unwrap();
+            let resp = tower::Service::call(&mut ch, req).await.expect("answer");
+            let got = match tonic::Status::from_header_map(resp.headers()) {
+                Some(s) => s,
+                None => {
+                    let body = http_body_util::BodyExt::collect(resp.into_body())
+                        .await
+                        .expect("body");
+                    body.trailers()
+                        .and_then(tonic::Status::from_header_map)
+                        .expect("grpc-status")
+                }
+            };
+            assert_eq!(got.code(), want, "{encoding} {body:?}: {}", got.message());
+        }
+    });
+}

@@ -348,7 +348,7 @@ impl tower::Service<tonic::codegen::http::Request<tonic::body::BoxBody>> for Wri
                 ))
                 .await
                 .map_err(|e| {
-                    let class = if e.to_string().contains("length limit") {
+                    let class = if e.is::<http_body_util::LengthLimitError>() {
                         ErrorClass::PayloadTooLarge
                     } else {
                         ErrorClass::BadRequest
@@ -356,14 +356,8 @@ impl tower::Service<tonic::codegen::http::Request<tonic::body::BoxBody>> for Wri
                     status(class, format!("read request: {e}"))
                 })?
                 .to_bytes();
-                let msg = crate::proto::snappy::unary_message(body, snappy, max).map_err(|e| {
-                    let class = if e.contains("larger than") {
-                        ErrorClass::PayloadTooLarge
-                    } else {
-                        ErrorClass::BadRequest
-                    };
-                    status(class, e)
-                })?;
+                let msg = crate::proto::snappy::unary_message(body, snappy, max)
+                    .map_err(|e| status(e.class(), e.to_string()))?;
                 state.remote_write(msg, reforwarded).await
             }
             .await;

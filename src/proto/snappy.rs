@@ -20,6 +20,28 @@ const NAME: &str = "snappy";
 /// Uncompressed bytes per chunk, the framing format's maximum.
 const MAX_CHUNK: usize = 1 << 16;
 
+/// Why a gRPC request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("gRPC message larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("{0}")]
+    Malformed(String),
+}
+
+impl BodyError {
+    pub fn class(&self) -> crate::model::ErrorClass {
+        match self {
+            BodyError::TooLarge { .. } => crate::model::ErrorClass::PayloadTooLarge,
+            BodyError::Malformed(_) => crate::model::ErrorClass::BadRequest,
+        }
+    }
+}
+
+fn malformed(msg: impl Into<String>) -> BodyError {
+    BodyError::Malformed(msg.into())
+}
+
 /// The framing format's checksum: CRC-32C of the uncompressed data, rotated and offset.
 pub(crate) fn masked_crc(data: &[u8]) -> u32 {
     crc32c::crc32c(data)
@@ -29,41 +51,42 @@ pub(crate) fn masked_crc(data: &[u8]) -> u32 {
 
 /// Decodes a snappy framing-format stream (every chunk's checksum verified), refusing output
 /// beyond `limit`. A first pass reads the chunk headers, so the output is allocated once.
-pub fn decode_frames(src: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+pub fn decode_frames(src: &[u8], limit: usize) -> Result<Vec<u8>, BodyError> {
     // (kind, checksum, data) of the data chunks, and their uncompressed total.
     let mut chunks = Vec::new();
     let mut total = 0usize;
     let mut rest = src;
     while !rest.is_empty() {
         let Some((&[kind, a, b, c], tail)) = rest.split_first_chunk::<4>() else {
-            return Err("truncated snappy chunk header".into());
+            return Err(malformed("truncated snappy chunk header"));
         };
         let len = u32::from_le_bytes([a, b, c, 0]) as usize;
         let Some(chunk) = tail.get(..len) else {
-            return Err("snappy chunk shorter than its length".into());
+            return Err(malformed("snappy chunk shorter than its length"));
         };
         rest = &tail[len..];
         match kind {
             0xff if chunk == b"sNaPpY" => {}
-            0xff => return Err("bad snappy stream identifier".into()),
+            0xff => return Err(malformed("bad snappy stream identifier")),
             0x00 | 0x01 => {
                 let Some((crc, data)) = chunk.split_first_chunk::<4>() else {
-                    return Err("snappy chunk without checksum".into());
+                    return Err(malformed("snappy chunk without checksum"));
                 };
                 let n = match kind {
-                    0x00 => snap::raw::decompress_len(data).map_err(|e| format!("snappy: {e}"))?,
+                    0x00 => snap::raw::decompress_len(data)
+                        .map_err(|e| malformed(format!("snappy: {e}")))?,
                     _ => data.len(),
                 };
                 if n > MAX_CHUNK {
-                    return Err("snappy chunk larger than 64 KiB".into());
+                    return Err(malformed("snappy chunk larger than 64 KiB"));
                 }
                 total += n;
                 if total > limit {
-                    return Err(format!("gRPC message larger than {limit} bytes"));
+                    return Err(BodyError::TooLarge { limit });
                 }
                 chunks.push((kind, u32::from_le_bytes(*crc), data, n));
             }
-            0x02..=0x7f => return Err(format!("reserved snappy chunk type {kind:#x}")),
+            0x02..=0x7f => return Err(malformed(format!("reserved snappy chunk type {kind:#x}"))),
             // Skippable chunks (padding).
             _ => {}
         }
@@ -75,12 +98,12 @@ pub fn decode_frames(src: &[u8], limit: usize) -> Result<Vec<u8>, String> {
         let dst = &mut out[at..at + n];
         if kind == 0x00 {
             dec.decompress(data, dst)
-                .map_err(|e| format!("snappy: {e}"))?;
+                .map_err(|e| malformed(format!("snappy: {e}")))?;
         } else {
             dst.copy_from_slice(data);
         }
         if masked_crc(dst) != crc {
-            return Err("snappy chunk checksum mismatch".into());
+            return Err(malformed("snappy chunk checksum mismatch"));
         }
         at += n;
     }
@@ -89,51 +112,36 @@ pub fn decode_frames(src: &[u8], limit: usize) -> Result<Vec<u8>, String> {
 
 /// The one message of a unary gRPC request body: as it is, or decompressed when flagged
 /// (`compressed_ok`: the request declared `grpc-encoding: snappy`). At most `limit` bytes.
-pub fn unary_message(body: Bytes, compressed_ok: bool, limit: usize) -> Result<Bytes, String> {
+pub fn unary_message(body: Bytes, compressed_ok: bool, limit: usize) -> Result<Bytes, BodyError> {
     let Some((head, _)) = body.split_first_chunk::<5>() else {
-        return Err("truncated gRPC message header".into());
+        return Err(malformed("truncated gRPC message header"));
     };
     let (flag, len) = (
         head[0],
         u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize,
     );
     if body.len() - 5 != len {
-        return Err("gRPC body is not exactly one message".into());
+        return Err(malformed("gRPC body is not exactly one message"));
     }
     match flag {
-        0 if len > limit => Err(format!("gRPC message larger than {limit} bytes")),
+        0 if len > limit => Err(BodyError::TooLarge { limit }),
         0 => Ok(body.slice(5..)),
         1 if compressed_ok => decode_frames(&body[5..], limit).map(Bytes::from),
-        1 => Err("compressed gRPC message without a known grpc-encoding".into()),
-        f => Err(format!("unexpected gRPC compression flag {f}")),
+        1 => Err(malformed(
+            "compressed gRPC message without a known grpc-encoding",
+        )),
+        f => Err(malformed(format!("unexpected gRPC compression flag {f}"))),
     }
 }
 
-/// Decompresses gRPC length-prefixed messages flagged compressed; at most `limit` bytes out.
-fn inflate(body: &[u8], limit: usize) -> Result<Bytes, String> {
-    let mut out: Vec<u8> = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
-    let mut rest = body;
-    while !rest.is_empty() {
-        let Some((head, tail)) = rest.split_first_chunk::<5>() else {
-            return Err("truncated gRPC message header".into());
-        };
-        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        let Some(msg) = tail.get(..len) else {
-            return Err("gRPC message shorter than its length prefix".into());
-        };
-        rest = &tail[len..];
-        let plain = match head[0] {
-            1 => std::borrow::Cow::Owned(decode_frames(msg, limit.saturating_sub(out.len()))?),
-            0 => std::borrow::Cow::Borrowed(msg),
-            f => return Err(format!("unexpected gRPC compression flag {f}")),
-        };
-        if out.len() + 5 + plain.len() > limit {
-            return Err(format!("gRPC message larger than {limit} bytes"));
-        }
-        out.push(0);
-        out.extend_from_slice(&(plain.len() as u32).to_be_bytes());
-        out.extend_from_slice(&plain);
-    }
+/// A unary request body with its message decompressed (flag 0). Every method Wharf serves takes
+/// one request message.
+fn inflate(body: Bytes, limit: usize) -> Result<Bytes, BodyError> {
+    let msg = unary_message(body, true, limit)?;
+    let mut out = Vec::with_capacity(5 + msg.len());
+    out.push(0);
+    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    out.extend_from_slice(&msg);
     Ok(Bytes::from(out))
 }
 
@@ -195,15 +203,18 @@ where
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
             let plain = match Limited::new(body, limit).collect().await {
-                Ok(c) => inflate(&c.to_bytes(), limit),
-                Err(e) => Err(format!("read request: {e}")),
+                Ok(c) => inflate(c.to_bytes(), limit),
+                Err(e) => Err(malformed(format!("read request: {e}"))),
             };
             match plain {
                 Ok(b) => {
                     parts.headers.remove(ENCODING);
                     inner.call(Request::from_parts(parts, boxed(b))).await
                 }
-                Err(msg) => Ok(Status::invalid_argument(msg).into_http()),
+                Err(e @ BodyError::TooLarge { .. }) => {
+                    Ok(Status::resource_exhausted(e.to_string()).into_http())
+                }
+                Err(e) => Ok(Status::invalid_argument(e.to_string()).into_http()),
             }
         })
     }
@@ -228,16 +239,21 @@ mod tests {
     }
 
     #[test]
-    fn compressed_and_plain_messages_come_out_plain() {
+    fn compressed_messages_come_out_plain() {
         let msg: Vec<u8> = (0..50_000u32)
             .flat_map(|i| (i % 97).to_le_bytes())
             .collect();
-        let mut packed = snappy(&msg);
+        let packed = snappy(&msg);
         assert!(packed.len() < msg.len());
-        packed.extend(frame(0, b"second"));
-        let mut want = frame(0, &msg);
-        want.extend(frame(0, b"second"));
-        assert_eq!(&inflate(&packed, 1 << 20).unwrap()[..], &want[..]);
+        assert_eq!(
+            &inflate(Bytes::from(packed), 1 << 20).unwrap()[..],
+            &frame(0, &msg)[..]
+        );
+        let plain = frame(0, b"as it is");
+        assert_eq!(
+            &inflate(Bytes::from(plain.clone()), 100).unwrap()[..],
+            &plain[..]
+        );
     }
 
     #[test]
@@ -253,9 +269,10 @@ mod tests {
         let packed = snappy(&msg);
         let frames = &packed[5..];
         assert_eq!(decode_frames(frames, usize::MAX).unwrap(), msg);
-        assert!(decode_frames(frames, msg.len() - 1)
-            .unwrap_err()
-            .contains("larger than"));
+        assert!(matches!(
+            decode_frames(frames, msg.len() - 1),
+            Err(BodyError::TooLarge { .. })
+        ));
         // A flipped bit in the last chunk's data fails its checksum (or its decompression).
         let mut bad = frames.to_vec();
         let last = bad.len() - 3;
@@ -300,11 +317,12 @@ mod tests {
 
     #[test]
     fn bad_frames_and_bombs_are_refused() {
-        assert!(inflate(&[1, 0, 0], 100).is_err());
-        assert!(inflate(&frame(1, b"not snappy"), 100).is_err());
-        assert!(inflate(&frame(7, b""), 100).is_err());
+        let bad = |b: &[u8], limit| inflate(Bytes::copy_from_slice(b), limit);
+        assert!(bad(&[1, 0, 0], 100).is_err());
+        assert!(bad(&frame(1, b"not snappy"), 100).is_err());
+        assert!(bad(&frame(7, b""), 100).is_err());
         let packed = snappy(&vec![0u8; 1 << 20]);
-        let err = inflate(&packed, 64 << 10).unwrap_err();
-        assert!(err.contains("larger than"), "{err}");
+        let err = bad(&packed, 64 << 10).unwrap_err();
+        assert!(matches!(err, BodyError::TooLarge { .. }), "{err}");
     }
 }
