@@ -172,8 +172,7 @@ pub fn split<'r>(
     rf: usize,
     compression: Compression,
 ) -> Result<Split<'r>, IngestError> {
-    // Each share is at most the whole request.
-    let mut fanout = Fanout::new(compression, raw.len());
+    let mut fanout = Fanout::new(compression, share_size_hint(rings, tenant, raw.len(), rf));
     let mut scan = SeriesScanner::new(raw);
     let mut hasher = SeriesHasher::default();
     let mut series = 0u32;
@@ -224,6 +223,19 @@ fn dispatch(
         });
     }
     (groups, rx)
+}
+
+/// About how many bytes of a `bytes`-long request one replica write carries: the even share
+/// and a quarter more, as shares vary (regrowing past it is fine), never more than the request.
+/// Reserving the whole request for each of many peers would map memory for nothing.
+fn share_size_hint(rings: &Hashrings, tenant: &TenantId, bytes: usize, rf: usize) -> usize {
+    let nodes = rings
+        .hashring_for(tenant.as_str())
+        .ok()
+        .and_then(|name| rings.sizes().find(|&(n, _)| n == name))
+        .map_or(1, |(_, size)| size.max(1));
+    let even = bytes / nodes * rf.min(nodes);
+    (even + even / 4 + 4096).min(bytes + 64)
 }
 
 fn placement(tenant: &TenantId, err: crate::hashring::HashringError) -> IngestError {
@@ -468,7 +480,8 @@ impl Ingest {
             .collect();
         let mut local: Vec<u32> = Vec::new();
         let mut local_pos: Vec<u32> = Vec::new();
-        let mut fanout = Fanout::new(routing.peers.options().compression, batch.source.len());
+        let hint = share_size_hint(&rings, tenant, batch.source.len(), replicas.len());
+        let mut fanout = Fanout::new(routing.peers.options().compression, hint);
         let mut hasher = SeriesHasher::default();
         for (pos, &i) in valid.iter().enumerate() {
             let labels = batch.labels_of(&batch.series[i as usize]);
@@ -648,5 +661,79 @@ impl Ingest {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hashring::Algorithm;
+
+    fn ring(nodes: usize, rf: usize) -> Hashrings {
+        let eps: Vec<String> = (0..nodes)
+            .map(|i| format!("\"10.0.0.{i}:10901\""))
+            .collect();
+        let json = format!(r#"[{{"hashring":"h","endpoints":[{}]}}]"#, eps.join(","));
+        Hashrings::from_json(&json, Algorithm::Hashmod, rf).unwrap()
+    }
+
+    #[test]
+    fn shares_reserve_about_their_part_of_the_request() {
+        let t = TenantId::new("t").unwrap();
+        let mb = 1_000_000;
+        assert_eq!(share_size_hint(&ring(2, 1), &t, mb, 1), 629_096);
+        assert_eq!(share_size_hint(&ring(30, 3), &t, mb, 3), 129_094);
+        // Every node holds every series: the whole request, no more.
+        assert_eq!(share_size_hint(&ring(3, 3), &t, mb, 3), mb + 64);
+        assert_eq!(share_size_hint(&ring(2, 1), &t, 100, 1), 164);
+    }
+
+    /// Every series lands in the share of each endpoint the ring names for it, once per
+    /// replica, and the shares decode to exactly the series of the request.
+    #[test]
+    fn split_places_every_series_on_its_replicas() {
+        use prost::Message;
+        let rings = ring(3, 2);
+        let t = TenantId::new("tenant-a").unwrap();
+        let ts: Vec<_> = (0..50)
+            .map(|i| crate::proto::prom::TimeSeries {
+                labels: vec![crate::proto::thanos::Label {
+                    name: "i".into(),
+                    value: i.to_string(),
+                }],
+                samples: vec![crate::proto::prom::Sample {
+                    timestamp: i,
+                    value: i as f64,
+                }],
+                ..Default::default()
+            })
+            .collect();
+        let raw = crate::proto::prom::WriteRequest {
+            timeseries: ts.clone(),
+            metadata: vec![],
+        }
+        .encode_to_vec();
+        let split = split(&rings, &t, &raw, 2, Compression::None).unwrap();
+        assert_eq!((split.summary.series, split.summary.samples), (50, 50));
+        let mut placed = 0;
+        for share in &split.shares {
+            let body =
+                crate::proto::snappy::unary_message(share.request.body().clone(), false, 1 << 20)
+                    .unwrap();
+            let req = crate::proto::thanos::WriteRequest::decode(body).unwrap();
+            assert_eq!(req.tenant, "tenant-a");
+            assert_eq!(req.timeseries.len(), share.positions.len());
+            for (s, &pos) in req.timeseries.iter().zip(&share.positions) {
+                assert_eq!(s, &ts[pos as usize]);
+                let h =
+                    crate::hashring::series_hash("tenant-a", [("i", s.labels[0].value.as_str())]);
+                let want = rings
+                    .get_n("tenant-a", h, req.replica as usize - 1)
+                    .unwrap();
+                assert_eq!(share.addr, want.address);
+                placed += 1;
+            }
+        }
+        assert_eq!(placed, 100, "two replicas of each series");
     }
 }

@@ -116,6 +116,14 @@ pub struct WireRequest {
     compressed: bool,
 }
 
+impl WireRequest {
+    /// The gRPC message as it goes on the wire (prefix included).
+    #[cfg(test)]
+    pub(crate) fn body(&self) -> &Bytes {
+        &self.body
+    }
+}
+
 /// Builds a `thanos.WriteRequest` straight into its gRPC message, compressing series as they
 /// are added when the peers take snappy: one copy of each series' bytes, no re-encoding.
 pub struct RequestBuilder {
