@@ -495,6 +495,9 @@ impl Ring {
 #[derive(Debug)]
 pub struct Hashrings {
     rings: Vec<Ring>,
+    /// Identifies the configuration (file content, default algorithm, RF): two nodes with the
+    /// same fingerprint place every series alike.
+    fingerprint: u64,
 }
 
 impl Hashrings {
@@ -586,7 +589,9 @@ impl Hashrings {
                 external_labels: r.external_labels,
             });
         }
-        Ok(Self { rings })
+        let fingerprint =
+            xxhash_rust::xxh64::xxh64(format!("{json}\u{0}{default:?}\u{0}{rf}").as_bytes(), 0);
+        Ok(Self { rings, fingerprint })
     }
 
     fn ring_for(&self, tenant: &str) -> Result<&Ring, HashringError> {
@@ -599,6 +604,11 @@ impl Hashrings {
     /// Name of the hashring that takes `tenant`: the first in file order whose tenants match.
     pub fn hashring_for(&self, tenant: &str) -> Result<&str, HashringError> {
         self.ring_for(tenant).map(|r| r.name.as_str())
+    }
+
+    /// See [`Hashrings`]'s `fingerprint`.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     /// The endpoint of replica `n` (0-based) of the series with this hash.
@@ -794,6 +804,17 @@ mod tests {
         assert_eq!(r.local_address("b:5"), Some("b:10901"));
         assert_eq!(r.local_address("c:1"), None);
         assert_eq!(r.sizes().collect::<Vec<_>>(), [("h", 2)]);
+    }
+
+    #[test]
+    fn fingerprints_differ_exactly_when_placement_inputs_do() {
+        let a = r#"[{"hashring":"h","endpoints":["a:1","b:1","c:1"]}]"#;
+        let b = r#"[{"hashring":"h","endpoints":["a:1","b:1","d:1"]}]"#;
+        let fp = |json: &str, algo, rf| Hashrings::from_json(json, algo, rf).unwrap().fingerprint();
+        assert_eq!(fp(a, Algorithm::Hashmod, 2), fp(a, Algorithm::Hashmod, 2));
+        assert_ne!(fp(a, Algorithm::Hashmod, 2), fp(b, Algorithm::Hashmod, 2));
+        assert_ne!(fp(a, Algorithm::Hashmod, 2), fp(a, Algorithm::Ketama, 2));
+        assert_ne!(fp(a, Algorithm::Hashmod, 2), fp(a, Algorithm::Hashmod, 3));
     }
 
     proptest! {

@@ -191,7 +191,7 @@ pub fn split<'r>(
         series += 1;
     }
     Ok(Split {
-        shares: fanout.finish(tenant),
+        shares: fanout.finish(tenant, rings.fingerprint()),
         summary: WriteSummary {
             series: series as usize,
             samples: scan.samples(),
@@ -279,13 +279,17 @@ impl<'r> Fanout<'r> {
         }
     }
 
-    /// Closes every request (1-based replica numbers, as on the wire).
-    fn finish(self, tenant: &TenantId) -> Vec<Share<'r>> {
+    /// Closes every request (1-based replica numbers, as on the wire), each marked with the
+    /// fingerprint of the rings that placed it.
+    fn finish(self, tenant: &TenantId, ring: u64) -> Vec<Share<'r>> {
         self.groups
             .into_iter()
             .map(|g| Share {
                 addr: g.addr,
-                request: g.request.finish(tenant.as_str(), g.replica as u64 + 1),
+                request: g
+                    .request
+                    .finish(tenant.as_str(), g.replica as u64 + 1)
+                    .placed_by(ring),
                 positions: g.positions,
             })
             .collect()
@@ -315,6 +319,18 @@ impl<'r> Fanout<'r> {
         };
         &mut self.groups[g]
     }
+}
+
+/// Where a write comes from: a client, or a peer that already placed its series.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The 1-based replica a peer chose for these series; 0 for a fresh write.
+    pub replica: u64,
+    /// The peer passed the request on because its ring named another owner
+    /// (`peer::REFORWARDED`).
+    pub reforwarded: bool,
+    /// Fingerprint of the hashrings the peer placed the series with (`peer::RING`).
+    pub ring: Option<u64>,
 }
 
 /// What [`Ingest::write_request`] leaves to do: nothing, or waiting for forwarded replicas.
@@ -432,22 +448,22 @@ impl Ingest {
         self.routing.as_deref()
     }
 
-    /// Places, forwards and writes one request. `replica` is the 1-based replica a peer
-    /// already chose for these series (0: a fresh write, fanned out to every replica).
-    /// Blocking (the local share is written here); must run inside the Tokio runtime, which
-    /// carries the forwarded writes.
+    /// Places, forwards and writes one request: a fresh write is fanned out to every replica,
+    /// a peer's replica is written here. Blocking (the local share is written here); must run
+    /// inside the Tokio runtime, which carries the forwarded writes.
     ///
     /// A peer's write lands here when this node's ring names another owner only while rings
     /// disagree (a change being rolled out); it is passed on once, and a request that was
     /// already passed on (`reforwarded`) is written here, so that two nodes on different rings
-    /// cannot bounce it between them.
+    /// cannot bounce it between them. A peer on the same rings (same fingerprint) placed every
+    /// series here, so they are not placed again.
     pub fn write_request(
         &self,
         tenant: &TenantId,
         batch: &WriteBatch<'_>,
-        replica: u64,
-        reforwarded: bool,
+        origin: Origin,
     ) -> Outcome {
+        let Origin { replica, .. } = origin;
         let Some(routing) = &self.routing else {
             return Outcome::Done(self.write(tenant, batch));
         };
@@ -483,7 +499,14 @@ impl Ingest {
         let hint = share_size_hint(&rings, tenant, batch.source.len(), replicas.len());
         let mut fanout = Fanout::new(routing.peers.options().compression, hint);
         let mut hasher = SeriesHasher::default();
-        for (pos, &i) in valid.iter().enumerate() {
+        let placed_here = replica > 0
+            && (origin.reforwarded || origin.ring == Some(rings.fingerprint()))
+            && local_addr.is_some();
+        if placed_here {
+            local.clone_from(&valid);
+            local_pos.extend(0..valid.len() as u32);
+        }
+        for (pos, &i) in valid.iter().enumerate().filter(|_| !placed_here) {
             let labels = batch.labels_of(&batch.series[i as usize]);
             let labels = labels.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
             let h = hasher.hash(tenant.as_str(), labels);
@@ -492,9 +515,7 @@ impl Ingest {
                     Ok(ep) => ep,
                     Err(err) => return Outcome::Done(Err((summary, placement(tenant, err)))),
                 };
-                if local_addr.as_deref() == Some(ep.address.as_str())
-                    || (replica > 0 && reforwarded)
-                {
+                if local_addr.as_deref() == Some(ep.address.as_str()) {
                     local.push(i);
                     local_pos.push(pos as u32);
                 } else {
@@ -504,7 +525,7 @@ impl Ingest {
                 }
             }
         }
-        let shares = fanout.finish(tenant);
+        let shares = fanout.finish(tenant, rings.fingerprint());
         let (groups, results) = dispatch(routing, shares, replica > 0, started);
         let mut tracker = Tracker::new(valid.len(), replicas.len(), need);
         let mut example = None;

@@ -114,9 +114,17 @@ pub struct WireRequest {
     body: Bytes,
     /// Flag and body are snappy (gRPC `snappy` encoding, framing format).
     compressed: bool,
+    /// Fingerprint of the hashrings that placed the series (see [`RING`]).
+    ring: Option<u64>,
 }
 
 impl WireRequest {
+    /// Marks the request as placed by the hashrings with this fingerprint.
+    pub fn placed_by(mut self, fingerprint: u64) -> Self {
+        self.ring = Some(fingerprint);
+        self
+    }
+
     /// The gRPC message as it goes on the wire (prefix included).
     #[cfg(test)]
     pub(crate) fn body(&self) -> &Bytes {
@@ -260,6 +268,7 @@ impl RequestBuilder {
         WireRequest {
             body: Bytes::from(body),
             compressed,
+            ring: None,
         }
     }
 }
@@ -344,6 +353,11 @@ fn put_bytes(out: &mut impl BufMut, field: u32, b: &[u8]) {
 /// gRPC metadata on a write a node passes on because its ring names another owner; the
 /// receiver then writes it locally whatever its own ring says. Thanos peers never send it.
 pub const REFORWARDED: &str = "wharf-reforwarded";
+
+/// gRPC metadata with the fingerprint (16 hex digits) of the hashrings that placed a forwarded
+/// write. A receiver whose rings have the same fingerprint knows every series is its own without
+/// placing each again; without it (Thanos peers) the receiver checks series by series.
+pub const RING: &str = "wharf-ring";
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -471,6 +485,9 @@ async fn unary(
     }
     if reforward {
         req = req.header(REFORWARDED, "1");
+    }
+    if let Some(fp) = request.ring {
+        req = req.header(RING, format!("{fp:016x}"));
     }
     let req = req
         .body(crate::proto::snappy::boxed(request.body))

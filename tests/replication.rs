@@ -450,3 +450,56 @@ fn hashring_external_labels_label_their_tenants() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A forwarded replica marked with the fingerprint of the receiver's own rings is written as
+/// it comes, without placing each series again; unmarked (as from Thanos) or marked with other
+/// rings, it is placed again and passed on to the owner the receiver's ring names, here a node
+/// that is down.
+#[test]
+fn same_ring_fingerprint_skips_placing_forwarded_series_again() {
+    use wharf::peer::{encode_request, Compression, Options, Peers};
+    let dir = tempfile::tempdir().unwrap();
+    let ring = dir.path().join("hashrings.json");
+    let (me, down) = (Ports::fresh(), Ports::fresh());
+    let json = ring_json(&[&me, &down]);
+    write_ring(&ring, &json);
+    let nodes = start_ring(dir.path(), &ring, &[me], |_| vec![]);
+    let fingerprint = wharf::hashring::Hashrings::from_json(&json, Default::default(), 1)
+        .expect("ring")
+        .fingerprint();
+
+    // Series the ring places on the node that is down.
+    let theirs: Vec<usize> = owners(&json, 0..40)
+        .iter()
+        .enumerate()
+        .filter(|(_, owner)| **owner == down.grpc.to_string())
+        .map(|(i, _)| i)
+        .collect();
+    assert!(theirs.len() >= 5, "{theirs:?}");
+    let ts: Vec<_> = batch(0..40, 1000)
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| theirs.contains(i))
+        .map(|(_, s)| s)
+        .collect();
+    let batch = wharf::remote_write::from_timeseries(&ts);
+    let all: Vec<u32> = (0..ts.len() as u32).collect();
+    let request = || encode_request("default-tenant", 1, &batch, &all, Compression::Snappy);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let send = |req| {
+        let peers = Peers::new(Options::default());
+        rt.block_on(peers.write(&me.grpc.to_string(), req, false))
+    };
+
+    let unmarked = send(request());
+    assert!(unmarked.is_err(), "passed on to the node that is down");
+    let other = send(request().placed_by(fingerprint ^ 1));
+    assert!(other.is_err(), "other rings: placed again");
+    assert!(nodes[0].series().is_empty());
+
+    send(request().placed_by(fingerprint)).expect("same rings: written here");
+    assert_eq!(nodes[0].series().len(), ts.len());
+}

@@ -7,7 +7,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::error::status;
-use crate::ingest::{Ingest, Outcome};
+use crate::ingest::{Ingest, Origin, Outcome};
 use crate::model::{ErrorClass, Labels, MatchType, Matcher, TenantId};
 use crate::proto::thanos::info::{self as infopb, info_server};
 use crate::proto::thanos::{self as pb, store_server};
@@ -330,6 +330,11 @@ impl tower::Service<tonic::codegen::http::Request<tonic::body::BoxBody>> for Wri
             let res = async {
                 let headers = req.headers();
                 let reforwarded = headers.contains_key(crate::peer::REFORWARDED);
+                // Unparsable: as if absent, so each series is placed again.
+                let ring = headers
+                    .get(crate::peer::RING)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| u64::from_str_radix(v, 16).ok());
                 let snappy = match headers.get("grpc-encoding").map(|v| v.as_bytes()) {
                     None | Some(b"identity") => false,
                     Some(b"snappy") => true,
@@ -358,7 +363,7 @@ impl tower::Service<tonic::codegen::http::Request<tonic::body::BoxBody>> for Wri
                 .to_bytes();
                 let msg = crate::proto::snappy::unary_message(body, snappy, max)
                     .map_err(|e| status(e.class(), e.to_string()))?;
-                state.remote_write(msg, reforwarded).await
+                state.remote_write(msg, reforwarded, ring).await
             }
             .await;
             Ok(match res {
@@ -395,7 +400,12 @@ impl GrpcState {
     /// Accepts forwarded writes from Thanos or Wharf routers. A 1-based `replica` names the
     /// replica the sender placed here: it is written locally (or passed on once if this node's
     /// ring disagrees); replica 0 is a fresh write, fanned out like a remote-write request.
-    async fn remote_write(&self, body: bytes::Bytes, reforwarded: bool) -> Result<(), Status> {
+    async fn remote_write(
+        &self,
+        body: bytes::Bytes,
+        reforwarded: bool,
+        ring: Option<u64>,
+    ) -> Result<(), Status> {
         let ingest = self.ingest()?.clone();
         let bad = |e: crate::remote_write::DecodeError| status(e.class(), e.to_string());
         let tenant_of = |t: &str, default: &TenantId| {
@@ -419,6 +429,11 @@ impl GrpcState {
                 Some(routing) if routing.is_router_only() => 0,
                 _ => replica,
             };
+            let origin = Origin {
+                replica,
+                reforwarded,
+                ring,
+            };
             let mut pending = Vec::new();
             let mut done = |out: Outcome| -> Result<(), Status> {
                 match out {
@@ -437,15 +452,13 @@ impl GrpcState {
                 for t in r.timeseries_tenant_data {
                     let tenant = tenant_of(&t.tenant, &default_tenant)?;
                     let batch = crate::remote_write::from_timeseries(&t.timeseries);
-                    done(ingest.write_request(&tenant, &batch, replica, reforwarded))?;
+                    done(ingest.write_request(&tenant, &batch, origin))?;
                 }
             } else {
                 let tenant = tenant_of(env.tenant, &default_tenant)?;
                 let out = SCRATCH
                     .with_borrow_mut(|s| {
-                        s.decode_raw(&body, |b| {
-                            ingest.write_request(&tenant, b, replica, reforwarded)
-                        })
+                        s.decode_raw(&body, |b| ingest.write_request(&tenant, b, origin))
                     })
                     .map_err(bad)?;
                 done(out)?;

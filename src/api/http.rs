@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use super::error::{http_status, retry_after};
-use crate::ingest::{Ingest, IngestError, Outcome, WriteSummary};
+use crate::ingest::{Ingest, IngestError, Origin, Outcome, WriteSummary};
 use crate::model::{ErrorClass, TenantId};
 use crate::remote_write;
 use crate::telemetry::{metrics, CodeTenant, HttpLabels};
@@ -259,7 +259,7 @@ async fn handle_write(
                     s.decompress(&body, &decode_opts, |raw| ingest.forward_raw(&tenant, raw))
                 } else {
                     s.decode(&body, &decode_opts, |b| {
-                        ingest.write_request(&tenant, b, 0, false)
+                        ingest.write_request(&tenant, b, Origin::default())
                     })
                 }
             })
