@@ -7,17 +7,19 @@
 #   scripts/bench-router.sh            # about 3 minutes, release build
 #   scripts/bench-router.sh --smoke    # seconds, dev build (run by scripts/test.sh)
 #   options: --out DIR (default target/bench-router/<time>),
-#            --compression none|snappy (the router's --receive.grpc-compression, default snappy)
+#            --compression none|snappy (the router's --receive.grpc-compression, default snappy),
+#            --ingestors-hold-ring (ingestors get the hashring and their local endpoint too)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-smoke=0 out="" compression=snappy
+smoke=0 out="" compression=snappy hold_ring=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1 ;;
     --out) out="$2"; shift ;;
     --compression) compression="$2"; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --ingestors-hold-ring) hold_ring=1 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -98,9 +100,11 @@ run() {
     (IFS=,; echo "[{\"hashring\":\"default\",\"endpoints\":[${eps[*]}]}]") >"$ring"
     for i in $(seq "$n"); do
       read -r a b c <<<"${ports[$((i - 1))]}"
-      # Ingestor-only, as in Thanos's router/ingestor split (kube-thanos): no ring, so a
-      # forwarded replica is written as it comes, without placing its series again.
-      node "$name-ingestor-$i" "$a" "$b" "$c"
+      # Ingestor-only by default, as in Thanos's router/ingestor split (kube-thanos).
+      ring_args=()
+      [ "$hold_ring" = 1 ] && ring_args=(--receive.hashrings-file "$ring" \
+        --receive.local-endpoint "127.0.0.1:$b" --receive.replication-factor "$rf")
+      node "$name-ingestor-$i" "$a" "$b" "$c" "${ring_args[@]}"
       ingestor_pids+=("$npid")
     done
     read -r p1 p2 p3 < <(LG --free-ports 3)
