@@ -16,6 +16,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::model::ErrorClass;
+use crate::proto::snappy::{encode_chunk, MAX_CHUNK, STREAM_ID};
 use crate::remote_write::WriteBatch;
 
 /// Client settings for forwarding to peers.
@@ -137,23 +138,13 @@ impl WireRequest {
 pub struct RequestBuilder {
     /// Prefix, then the message (plain) or the snappy frames written so far.
     out: Vec<u8>,
-    /// Snappy only: message bytes not yet compressed, up to one frame's worth.
+    /// Snappy only: message bytes not yet compressed, up to one chunk's worth.
     pending: Option<Vec<u8>>,
     scratch: Vec<u8>,
 }
 
 /// Room for the gRPC message prefix (compression flag, big-endian length), filled at the end.
 const PREFIX: usize = 5;
-/// Uncompressed bytes per snappy frame, the framing format's maximum.
-const FRAME: usize = 1 << 16;
-/// The framing format's stream identifier chunk.
-const STREAM_ID: &[u8] = b"\xff\x06\x00\x00sNaPpY";
-
-thread_local! {
-    /// Block encoder (its hash table) and output buffer, reused by every frame of a thread.
-    static FRAME_ENCODER: std::cell::RefCell<(snap::raw::Encoder, Vec<u8>)> =
-        std::cell::RefCell::new((snap::raw::Encoder::new(), Vec::new()));
-}
 
 impl RequestBuilder {
     /// `size_hint`: about how many message bytes will be added (reserved up front).
@@ -162,7 +153,7 @@ impl RequestBuilder {
             Compression::None => (size_hint + 32, None),
             Compression::Snappy => (
                 size_hint / 4 + 64,
-                Some(Vec::with_capacity(FRAME.min(size_hint + 32))),
+                Some(Vec::with_capacity(MAX_CHUNK.min(size_hint + 32))),
             ),
         };
         let mut out = Vec::with_capacity(PREFIX + capacity);
@@ -183,11 +174,12 @@ impl RequestBuilder {
             return;
         };
         while !b.is_empty() {
-            let take = (FRAME - pending.len()).min(b.len());
+            let take = (MAX_CHUNK - pending.len()).min(b.len());
             pending.extend_from_slice(&b[..take]);
             b = &b[take..];
-            if pending.len() == FRAME {
-                flush_frame(pending, &mut self.out);
+            if pending.len() == MAX_CHUNK {
+                encode_chunk(pending, &mut self.out);
+                pending.clear();
             }
         }
     }
@@ -256,7 +248,7 @@ impl RequestBuilder {
         self.put(&tail);
         let compressed = match &mut self.pending {
             Some(pending) => {
-                flush_frame(pending, &mut self.out);
+                encode_chunk(pending, &mut self.out);
                 true
             }
             None => false,
@@ -271,32 +263,6 @@ impl RequestBuilder {
             ring: None,
         }
     }
-}
-
-/// Appends `data` to `out` as one chunk of the snappy framing format (compressed unless that
-/// saves less than an eighth, as the reference encoder decides) and empties `data`.
-fn flush_frame(data: &mut Vec<u8>, out: &mut Vec<u8>) {
-    if data.is_empty() {
-        return;
-    }
-    let masked = crate::proto::snappy::masked_crc(data);
-    FRAME_ENCODER.with_borrow_mut(|(enc, buf)| {
-        let max = snap::raw::max_compress_len(data.len());
-        if buf.len() < max {
-            buf.resize(max, 0);
-        }
-        let (kind, body) = match enc.compress(data, buf) {
-            Ok(n) if n < data.len() - data.len() / 8 => (0x00, &buf[..n]),
-            // Incompressible (or, impossibly for a frame, refused): stored as it is.
-            _ => (0x01, &data[..]),
-        };
-        let len = (body.len() + 4) as u32;
-        out.push(kind);
-        out.extend_from_slice(&len.to_le_bytes()[..3]);
-        out.extend_from_slice(&masked.to_le_bytes());
-        out.extend_from_slice(body);
-    });
-    data.clear();
 }
 
 /// The given series of `batch` as one request (see [`RequestBuilder`]).

@@ -228,11 +228,8 @@ fn decompressed_len(body: &[u8], opts: &Options) -> Result<usize, DecodeError> {
 
 /// Decompresses a snappy block-format body, refusing bodies whose declared length exceeds the limit.
 pub fn decompress(body: &[u8], opts: &Options) -> Result<Vec<u8>, DecodeError> {
-    let len = decompressed_len(body, opts)?;
-    let mut out = vec![0u8; len];
-    let n = snap::raw::Decoder::new()
-        .decompress(body, &mut out)
-        .map_err(|e| DecodeError::Snappy(e.to_string()))?;
+    let mut out = Vec::new();
+    let n = inflate(&mut out, body, opts)?.len();
     out.truncate(n);
     Ok(out)
 }

@@ -1,7 +1,7 @@
 //! gRPC's `snappy` message encoding, which tonic does not offer: Thanos registers it (snappy
 //! framing format) and its routers use it by default, so a Wharf ingestor must accept it and a
-//! Wharf router may send it. The server side decompresses whole unary message bodies before
-//! tonic sees them; the client side is `peer::RequestBuilder`, which compresses as it encodes.
+//! Wharf router may send it. Both halves of the framing format live here: [`decode_frames`] for
+//! the servers, [`encode_chunk`] for `peer::RequestBuilder`, which compresses as it encodes.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,7 +18,41 @@ const ENCODING: &str = "grpc-encoding";
 const NAME: &str = "snappy";
 
 /// Uncompressed bytes per chunk, the framing format's maximum.
-const MAX_CHUNK: usize = 1 << 16;
+pub const MAX_CHUNK: usize = 1 << 16;
+/// The framing format's stream identifier chunk, which begins every stream.
+pub const STREAM_ID: &[u8] = b"\xff\x06\x00\x00sNaPpY";
+
+thread_local! {
+    /// Block encoder (its hash table) and output buffer, reused by every chunk of a thread.
+    static CHUNK_ENCODER: std::cell::RefCell<(snap::raw::Encoder, Vec<u8>)> =
+        std::cell::RefCell::new((snap::raw::Encoder::new(), Vec::new()));
+}
+
+/// Appends `data` (at most [`MAX_CHUNK`] bytes; nothing when empty) to `out` as one chunk of
+/// the framing format, compressed unless that saves less than an eighth, as the reference
+/// encoder decides.
+pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
+    if data.is_empty() {
+        return;
+    }
+    let masked = masked_crc(data);
+    CHUNK_ENCODER.with_borrow_mut(|(enc, buf)| {
+        let max = snap::raw::max_compress_len(data.len());
+        if buf.len() < max {
+            buf.resize(max, 0);
+        }
+        let (kind, body) = match enc.compress(data, buf) {
+            Ok(n) if n < data.len() - data.len() / 8 => (0x00, &buf[..n]),
+            // Incompressible (or, impossibly for a chunk, refused): stored as it is.
+            _ => (0x01, data),
+        };
+        let len = (body.len() + 4) as u32;
+        out.push(kind);
+        out.extend_from_slice(&len.to_le_bytes()[..3]);
+        out.extend_from_slice(&masked.to_le_bytes());
+        out.extend_from_slice(body);
+    });
+}
 
 /// Why a gRPC request body could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +77,7 @@ fn malformed(msg: impl Into<String>) -> BodyError {
 }
 
 /// The framing format's checksum: CRC-32C of the uncompressed data, rotated and offset.
-pub(crate) fn masked_crc(data: &[u8]) -> u32 {
+fn masked_crc(data: &[u8]) -> u32 {
     crc32c::crc32c(data)
         .rotate_right(15)
         .wrapping_add(0xa282_ead8)
@@ -66,7 +100,7 @@ pub fn decode_frames(src: &[u8], limit: usize) -> Result<Vec<u8>, BodyError> {
         };
         rest = &tail[len..];
         match kind {
-            0xff if chunk == b"sNaPpY" => {}
+            0xff if chunk == &STREAM_ID[4..] => {}
             0xff => return Err(malformed("bad snappy stream identifier")),
             0x00 | 0x01 => {
                 let Some((crc, data)) = chunk.split_first_chunk::<4>() else {
@@ -287,6 +321,23 @@ mod tests {
         let mut padded = vec![0xfe, 2, 0, 0, 9, 9];
         padded.extend_from_slice(frames);
         assert_eq!(decode_frames(&padded, usize::MAX).unwrap(), msg);
+    }
+
+    #[test]
+    fn own_chunks_decode_compressed_or_stored() {
+        let text = b"label=value ".repeat(10_000);
+        let noise: Vec<u8> = (0..5_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let mut frames = STREAM_ID.to_vec();
+        for chunk in text.chunks(MAX_CHUNK).chain([&noise[..]]) {
+            encode_chunk(chunk, &mut frames);
+        }
+        encode_chunk(&[], &mut frames);
+        assert!(frames.len() < text.len() / 4, "text is compressed");
+        let mut want = text.clone();
+        want.extend_from_slice(&noise);
+        assert_eq!(decode_frames(&frames, usize::MAX).unwrap(), want);
     }
 
     #[test]
