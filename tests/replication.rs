@@ -70,6 +70,19 @@ impl Node {
         self.proc.as_ref().map(Proc::logs).unwrap_or_default()
     }
 
+    /// [`Node::series`] once `done` holds of it, or after 10 s: writes that reached quorum
+    /// may still be landing on the remaining replicas.
+    fn series_once(&self, done: impl Fn(&[IdSamples]) -> bool) -> Vec<IdSamples> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.series();
+            if done(&got) || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Every series of the default tenant: name → samples.
     fn series(&self) -> Vec<IdSamples> {
         let (out, _) = StoreApi::connect(self.ports.grpc)
@@ -186,10 +199,11 @@ fn rf3_router_survives_one_ingestor_down_and_waits_for_two() {
     let rw = router.ports.rw;
     const N: usize = 200;
 
+    // The answer comes at quorum (2 of 3); the third replica may land just after it.
     let (code, body) = write(rw, None, batch(0..N, 1000));
     assert_eq!(code, 200, "{body}\n{}", router.logs());
     for (i, n) in ingestors.iter().enumerate() {
-        let got = n.series();
+        let got = n.series_once(|g| g.len() == N);
         assert_eq!(got.len(), N, "ingestor {i} holds every series");
         assert!(got.iter().all(|(_, s)| s.len() == 1));
     }
@@ -201,10 +215,14 @@ fn rf3_router_survives_one_ingestor_down_and_waits_for_two() {
     let (code, body) = write(rw, None, bad);
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("labels are not sorted"), "{body}");
+    let has_1500 = |g: &[IdSamples]| g.iter().all(|(_, s)| s.iter().any(|x| x.0 == 1500));
     for (i, n) in ingestors.iter().enumerate() {
-        let got = n.series();
+        let got = n.series_once(|g| g.len() == N && has_1500(g));
         assert_eq!(got.len(), N, "ingestor {i}: only the valid series");
-        assert!(got.iter().all(|(_, s)| s.iter().any(|x| x.0 == 1500)));
+        assert!(
+            has_1500(&got),
+            "ingestor {i} has the valid series of the rejected request"
+        );
     }
 
     // A body that is not a remote-write message is refused by the router itself.
