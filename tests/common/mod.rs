@@ -314,7 +314,27 @@ impl Ports {
 }
 
 /// Picks a free loopback port by binding and releasing it (the child binds it right after).
+/// Port 0 would draw from the ephemeral range, which outgoing connections draw from too: one of
+/// them could take the port before the child binds it. So the port is picked at random below
+/// that range, falling back to port 0.
 pub fn free_port() -> SocketAddr {
+    use std::hash::{BuildHasher, Hasher};
+    const LOWEST: u16 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    for attempt in 0..100u64 {
+        if ephemeral <= LOWEST + 1_000 {
+            break;
+        }
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(attempt);
+        let port = LOWEST + (h.finish() % u64::from(ephemeral - LOWEST)) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().expect("addr");
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr")
 }
