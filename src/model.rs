@@ -4,10 +4,12 @@
 
 mod labels;
 mod matcher;
+mod shown;
 mod tenant;
 
 pub use labels::{compare_label_sets, Label, Labels};
 pub use matcher::{MatchType, Matcher, MatcherError};
+pub use shown::{shown_bytes, Shown, SHOWN_MAX_BYTES};
 pub use tenant::{TenantError, TenantId};
 
 /// Timestamp in milliseconds since the Unix epoch, as Prometheus stores it.
