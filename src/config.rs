@@ -230,6 +230,14 @@ pub struct ReceiveArgs {
         default_value = "0s"
     )]
     pub ooo_window: String,
+    /// Reject samples later than the wall clock plus this (0s: accept any). Thanos's default is
+    /// 0s; Wharf's guards a tenant against one skewed clock.
+    #[arg(
+        long = "tsdb.too-far-in-future.time-window",
+        env = "WHARF_TSDB_TOO_FAR_IN_FUTURE_TIME_WINDOW",
+        default_value = "10m"
+    )]
+    pub too_far_in_future: String,
     /// Snappy-compress WAL records.
     #[arg(long = "tsdb.wal-compression", env = "WHARF_TSDB_WAL_COMPRESSION", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub wal_compression: bool,
@@ -348,10 +356,6 @@ const NOT_YET: &[(&str, Effect)] = &[
     ("receive.limits-config", Effect::Warn),
     ("receive.limits-config-file", Effect::Warn),
     ("receive.limits-config-reload-timer", Effect::Warn),
-    (
-        "tsdb.too-far-in-future.time-window",
-        Effect::Refuse("samples from the future would be stored instead of rejected"),
-    ),
     ("tsdb.out-of-order.cap-max", Effect::Warn),
     ("tsdb.allow-overlapping-blocks", Effect::Warn),
     ("tsdb.max-retention-bytes", Effect::Warn),
@@ -556,6 +560,10 @@ impl ReceiveArgs {
                 why: "out-of-order ingestion is not implemented; a non-zero window would silently reject what it promises to keep",
             });
         }
+        let too_far_in_future = parse_duration(
+            "tsdb.too-far-in-future.time-window",
+            &self.too_far_in_future,
+        )?;
         let routing = self.routing()?;
         let grace = parse_duration("http-grace-period", &self.http_grace_period)?.max(
             parse_duration("grpc-grace-period", &self.grpc_grace_period)?,
@@ -596,6 +604,8 @@ impl ReceiveArgs {
                     ..HeadOptions::default()
                 },
                 wal,
+                too_far_in_future_ms: i64::try_from(too_far_in_future.as_millis())
+                    .unwrap_or(i64::MAX),
             },
             external_labels,
             tenant_label: self.tenant_label,

@@ -31,12 +31,13 @@ pub enum IngestError {
     },
     #[error("{count} series carry native histograms, which are not supported yet, e.g. {series}")]
     NativeHistograms { count: usize, series: String },
-    #[error("{total} samples rejected ({out_of_order} out of order, {duplicate} duplicate timestamp with another value, {out_of_bounds} too old), e.g. {series} at {t}: {reason}")]
+    #[error("{total} samples rejected ({out_of_order} out of order, {duplicate} duplicate timestamp with another value, {out_of_bounds} too old, {too_far_in_future} too far in the future), e.g. {series} at {t}: {reason}")]
     Conflict {
         total: u64,
         out_of_order: u64,
         duplicate: u64,
         out_of_bounds: u64,
+        too_far_in_future: u64,
         series: String,
         t: i64,
         reason: &'static str,
@@ -644,6 +645,7 @@ impl Ingest {
                 SampleRejection::OutOfOrder => "out of order sample",
                 SampleRejection::DuplicateTimestamp => "duplicate sample for timestamp",
                 SampleRejection::OutOfBounds => "out of bounds",
+                SampleRejection::TooFarInFuture => "too far in the future",
             };
             let series = batch
                 .series
@@ -655,6 +657,7 @@ impl Ingest {
                 out_of_order: r.out_of_order,
                 duplicate: r.duplicate,
                 out_of_bounds: r.out_of_bounds,
+                too_far_in_future: r.too_far_in_future,
                 series,
                 t,
                 reason,

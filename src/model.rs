@@ -10,7 +10,7 @@ mod tenant;
 pub use labels::{compare_label_sets, Label, Labels};
 pub use matcher::{MatchType, Matcher, MatcherError};
 pub use shown::{shown_bytes, Shown, SHOWN_MAX_BYTES};
-pub use tenant::{TenantError, TenantId};
+pub use tenant::{TenantError, TenantId, MAX_TENANT_BYTES};
 
 /// Timestamp in milliseconds since the Unix epoch, as Prometheus stores it.
 pub type Timestamp = i64;

@@ -120,10 +120,11 @@ impl MultiTsdb {
                 continue;
             }
             let name = e.file_name().to_string_lossy().into_owned();
+            // TenantId refuses at write every name skipped here, so no written tenant is lost.
             match TenantId::new(&name) {
-                Ok(t) if name != "lost+found" => names.push(t),
-                _ => {
-                    tracing::warn!(dir = %e.path().display(), "skipping directory that is not a tenant")
+                Ok(t) => names.push(t),
+                Err(why) => {
+                    tracing::warn!(dir = %e.path().display(), %why, "skipping directory that is not a tenant")
                 }
             }
         }
@@ -237,6 +238,11 @@ impl MultiTsdb {
                 .get_or_create(&telemetry::float_type(tenant.as_str()))
                 .inc_by(res.rejected.out_of_bounds);
         }
+        if res.rejected.too_far_in_future > 0 {
+            m.too_far_in_future_samples
+                .get_or_create(&tl)
+                .inc_by(res.rejected.too_far_in_future);
+        }
         if res.rejected.duplicate > 0 {
             m.duplicate_samples
                 .get_or_create(&tl)
@@ -284,7 +290,10 @@ impl MultiTsdb {
                 .keep_blocks
                 .then(|| crate::shipper::read_uploaded(t.db.dir()));
             let deletable = |ulid: &str| uploaded.as_ref().is_none_or(|u| u.contains(ulid));
-            match t.db.apply_retention(self.opts.retention_ms, &deletable) {
+            match t
+                .db
+                .apply_retention(self.opts.retention_ms, crate::tsdb::now_ms(), &deletable)
+            {
                 Ok(deleted) => {
                     for ulid in deleted {
                         m.blocks_deleted.get_or_create(&tl).inc();

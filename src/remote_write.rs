@@ -32,6 +32,7 @@ impl DecodeError {
                 ErrorClass::BadRequest
             }
             DecodeError::TooLarge { .. } => ErrorClass::PayloadTooLarge,
+            DecodeError::RemoteWrite2 => ErrorClass::UnsupportedMediaType,
             DecodeError::Config(_) => ErrorClass::Internal,
         }
     }
@@ -61,6 +62,8 @@ pub enum DecodeError {
     Protobuf(&'static str),
     #[error("invalid decoder options: {0}")]
     Config(String),
+    #[error("the body is a remote write 2.0 request (io.prometheus.write.v2.Request: symbols and series fields), which is not supported yet; send remote write 1.0 (prometheus.WriteRequest)")]
+    RemoteWrite2,
 }
 
 /// Why one series of a request was rejected.
@@ -164,19 +167,29 @@ impl<'a> WriteBatch<'a> {
         }
     }
 
-    /// Describes a series for error messages, e.g. `{__name__="up", job="x"}`.
+    /// Describes a series for error messages, e.g. `{__name__="up", job="x"}`: each name and
+    /// value bounded, and at most [`DESCRIBED_LABELS`] labels, so a hostile series cannot grow
+    /// an error body or log line without bound.
     pub fn describe(&self, s: &SeriesView) -> String {
+        use crate::model::Shown;
+        let labels = self.labels_of(s);
         let mut out = String::from("{");
-        for (i, (n, v)) in self.labels_of(s).iter().enumerate() {
+        for (i, (n, v)) in labels.iter().take(DESCRIBED_LABELS).enumerate() {
             if i > 0 {
                 out.push_str(", ");
             }
-            out.push_str(&format!("{n}={v:?}"));
+            out.push_str(&format!("{}={:?}", Shown(n), Shown(v)));
+        }
+        if labels.len() > DESCRIBED_LABELS {
+            out.push_str(&format!(", …({} labels)", labels.len()));
         }
         out.push('}');
         out
     }
 }
+
+/// Labels named in a series description; the rest are counted.
+const DESCRIBED_LABELS: usize = 16;
 
 /// Builds a batch from replication-API series (which own their strings), validating like [`decode`].
 pub fn from_timeseries(series: &[crate::proto::prom::TimeSeries]) -> WriteBatch<'_> {
@@ -216,7 +229,7 @@ fn decompressed_len(body: &[u8], opts: &Options) -> Result<usize, DecodeError> {
             limit: opts.max_request_bytes,
         });
     }
-    let len = snap::raw::decompress_len(body).map_err(|e| DecodeError::Snappy(e.to_string()))?;
+    let len = crate::proto::snappy::block_len(body).map_err(DecodeError::Snappy)?;
     if len > opts.max_request_bytes {
         return Err(DecodeError::TooLarge {
             size: len,
@@ -254,8 +267,9 @@ impl Scratch {
         opts: &Options,
         f: impl FnOnce(&WriteBatch<'_>) -> R,
     ) -> Result<R, DecodeError> {
-        let out =
-            inflate(&mut self.raw, body, opts).and_then(|raw| with_batch(&mut self.spare, raw, f));
+        let out = inflate(&mut self.raw, body, opts)
+            .and_then(refuse_v2)
+            .and_then(|raw| with_batch(&mut self.spare, raw, f));
         self.shrink();
         out
     }
@@ -267,7 +281,9 @@ impl Scratch {
         opts: &Options,
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, DecodeError> {
-        let out = inflate(&mut self.raw, body, opts).map(f);
+        let out = inflate(&mut self.raw, body, opts)
+            .and_then(refuse_v2)
+            .map(f);
         self.shrink();
         out
     }
@@ -299,6 +315,21 @@ fn inflate<'b>(buf: &'b mut Vec<u8>, body: &[u8], opts: &Options) -> Result<&'b 
         .decompress(body, &mut buf[..len])
         .map_err(|e| DecodeError::Snappy(e.to_string()))?;
     Ok(&buf[..n])
+}
+
+/// Refuses a remote-write body with the top-level fields only a 2.0 request has (4: symbols,
+/// 5: timeseries). Without this, a 2.0 body sent with a missing or misspelt Content-Type reads
+/// as a 1.0 request with no series and is acknowledged while nothing is stored. The walk reads
+/// tags only and skips every series by its length.
+fn refuse_v2(raw: &[u8]) -> Result<&[u8], DecodeError> {
+    let mut r = Reader::new(raw);
+    while !r.done() {
+        match r.key()? {
+            (4 | 5, WT_LEN) => return Err(DecodeError::RemoteWrite2),
+            (_, wt) => r.skip(wt)?,
+        }
+    }
+    Ok(raw)
 }
 
 fn with_batch<R>(
@@ -937,6 +968,46 @@ mod tests {
         let lying = [0xff, 0xff, 0xff, 0xff, 0x0f, 0x00];
         assert!(decompress(&lying, &Options::default()).is_err());
         assert_eq!(decompress(&[], &opts), Err(DecodeError::EmptyBody));
+    }
+
+    #[test]
+    fn a_length_claim_the_body_cannot_back_is_refused_before_allocating() {
+        // 9 bytes whose preamble claims 32 MiB: within the size limit, but no 8-byte snappy
+        // block expands that far, so it is malformed (400), not a 32 MiB allocation.
+        let claim = [0x80, 0x80, 0x80, 0x10, 0, 0, 0, 0, 0];
+        let err = decompress(&claim, &Options::default()).unwrap_err();
+        assert!(matches!(err, DecodeError::Snappy(_)), "{err}");
+        assert_eq!(err.class(), crate::model::ErrorClass::BadRequest);
+        // The densest real blocks (long runs, ~21x) stay within the bound.
+        let dense = vec![7u8; 8 << 20];
+        let body = compress(&dense);
+        assert!(body.len() * 20 < dense.len(), "{}", body.len());
+        assert_eq!(decompress(&body, &Options::default()).unwrap(), dense);
+    }
+
+    #[test]
+    fn remote_write_2_fields_are_not_read_as_an_empty_1_0_request() {
+        // io.prometheus.write.v2.Request{symbols: ["", "__name__", "up"], timeseries: [{}]}
+        let v2 = [
+            0x22, 0x00, 0x22, 0x08, b'_', b'_', b'n', b'a', b'm', b'e', b'_', b'_', 0x22, 0x02,
+            b'u', b'p', 0x2a, 0x00,
+        ];
+        let mut s = Scratch::default();
+        let err = s
+            .decode(&compress(&v2), &Options::default(), |_| ())
+            .unwrap_err();
+        assert_eq!(err, DecodeError::RemoteWrite2);
+        assert_eq!(err.class(), crate::model::ErrorClass::UnsupportedMediaType);
+        let err = s
+            .decompress(&compress(&v2), &Options::default(), |_| ())
+            .unwrap_err();
+        assert_eq!(err, DecodeError::RemoteWrite2);
+        // Fields a 1.0 request may carry (metadata = 3) are still fine.
+        assert!(s
+            .decode(&compress(&[0x1a, 0x00]), &Options::default(), |b| b
+                .series
+                .len())
+            .is_ok());
     }
 
     #[test]

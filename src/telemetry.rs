@@ -71,6 +71,7 @@ pub struct Metrics {
     pub out_of_order_samples: Family<TenantType, Counter>,
     pub out_of_bound_samples: Family<TenantType, Counter>,
     pub duplicate_samples: Family<Tenant, Counter>,
+    pub too_far_in_future_samples: Family<Tenant, Counter>,
     pub wal_corruptions: Family<Tenant, Counter>,
     pub wal_writes_failed: Family<Tenant, Counter>,
     pub wal_segment_current: Family<Tenant, Gauge>,
@@ -128,6 +129,7 @@ impl Metrics {
             out_of_order_samples: Family::default(),
             out_of_bound_samples: Family::default(),
             duplicate_samples: Family::default(),
+            too_far_in_future_samples: Family::default(),
             wal_corruptions: Family::default(),
             wal_writes_failed: Family::default(),
             wal_segment_current: Family::default(),
@@ -216,6 +218,11 @@ impl Metrics {
             "prometheus_tsdb_out_of_bound_samples",
             "Samples rejected as too old",
             m.out_of_bound_samples.clone(),
+        );
+        r.register(
+            "wharf_tsdb_too_far_in_future_samples",
+            "Samples rejected for a timestamp beyond --tsdb.too-far-in-future.time-window",
+            m.too_far_in_future_samples.clone(),
         );
         r.register(
             "wharf_tsdb_duplicate_samples",

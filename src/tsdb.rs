@@ -48,16 +48,46 @@ pub enum TsdbError {
 }
 
 /// Options of one tenant TSDB.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TsdbOptions {
     pub head: HeadOptions,
     pub wal: WalOptions,
+    /// `--tsdb.too-far-in-future.time-window` in ms: samples later than the wall clock plus
+    /// this are rejected; 0 turns the check off.
+    pub too_far_in_future_ms: i64,
+}
+
+/// Wharf's default future window. Thanos turns the check off by default, but then one sample
+/// from a skewed clock more than half a block range ahead raises the head's lower bound past
+/// every current sample and the tenant gets nothing but 409s until that time comes.
+pub const DEFAULT_TOO_FAR_IN_FUTURE_MS: i64 = 10 * 60 * 1000;
+
+impl Default for TsdbOptions {
+    fn default() -> Self {
+        Self {
+            head: HeadOptions::default(),
+            wal: WalOptions::default(),
+            too_far_in_future_ms: DEFAULT_TOO_FAR_IN_FUTURE_MS,
+        }
+    }
+}
+
+/// The wall clock in ms since the epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl TsdbOptions {
     pub fn validate(&self) -> Result<(), TsdbError> {
         if self.head.chunk_range <= 0 {
             return Err(TsdbError::Config("block duration must be positive".into()));
+        }
+        if self.too_far_in_future_ms < 0 {
+            return Err(TsdbError::Config(
+                "too-far-in-future window must not be negative".into(),
+            ));
         }
         self.wal.validate()?;
         Ok(())
@@ -70,12 +100,13 @@ pub struct Rejections {
     pub out_of_order: u64,
     pub duplicate: u64,
     pub out_of_bounds: u64,
+    pub too_far_in_future: u64,
     pub example: Option<(SampleRejection, usize, i64)>,
 }
 
 impl Rejections {
     pub fn total(&self) -> u64 {
-        self.out_of_order + self.duplicate + self.out_of_bounds
+        self.out_of_order + self.duplicate + self.out_of_bounds + self.too_far_in_future
     }
 
     fn add(&mut self, r: SampleRejection, series: usize, t: i64) {
@@ -83,6 +114,7 @@ impl Rejections {
             SampleRejection::OutOfOrder => self.out_of_order += 1,
             SampleRejection::DuplicateTimestamp => self.duplicate += 1,
             SampleRejection::OutOfBounds => self.out_of_bounds += 1,
+            SampleRejection::TooFarInFuture => self.too_far_in_future += 1,
         }
         self.example.get_or_insert((r, series, t));
     }
@@ -353,7 +385,11 @@ impl Tsdb {
         inner.accepted_ids.clear();
         inner.unlogged.clear();
         inner.pending_last.clear();
-        let min_valid = inner.head.min_valid_time();
+        let max_valid = match self.opts.too_far_in_future_ms {
+            0 => i64::MAX,
+            w => now_ms().saturating_add(w),
+        };
+        let bounds = (inner.head.min_valid_time(), max_valid);
         let sets: Vec<_> = batch
             .series
             .iter()
@@ -376,7 +412,7 @@ impl Tsdb {
             };
             let series_ref = inner.head.series_ref(id);
             for &(t, v) in batch.samples_of(view) {
-                match Head::check(last, min_valid, t, v) {
+                match Head::check(last, bounds, t, v) {
                     Ok(true) => {
                         inner.accepted.push(RefSample { series_ref, t, v });
                         inner.accepted_ids.push(id);
@@ -603,9 +639,14 @@ impl Tsdb {
     /// Deletes local blocks that end more than `retention` ms before the newest data and that
     /// `deletable` allows (with object storage: only uploaded ones). Returns the deleted blocks'
     /// ULIDs. Blocking.
+    ///
+    /// "Newest" is never later than `now` (the wall clock): Prometheus measures retention from
+    /// the newest block alone, so one sample from a clock days ahead would delete every block
+    /// holding current data.
     pub fn apply_retention(
         &self,
         retention: i64,
+        now: i64,
         deletable: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<String>, TsdbError> {
         if retention <= 0 {
@@ -617,7 +658,7 @@ impl Tsdb {
             let newest = newest
                 .chain(inner.blocks.iter().map(|b| b.meta().max_time))
                 .max();
-            let Some(cutoff) = newest.map(|n| n.saturating_sub(retention)) else {
+            let Some(cutoff) = newest.map(|n| n.min(now).saturating_sub(retention)) else {
                 return Ok(Vec::new());
             };
             let (gone, kept): (Vec<_>, Vec<_>) = inner
@@ -688,6 +729,128 @@ mod tests {
         assert_eq!(res.appended, 1);
     }
 
+    fn write(db: &Tsdb, name: &str, t: i64) -> AppendResult {
+        let req = WriteRequest {
+            timeseries: vec![TimeSeries {
+                labels: vec![Label {
+                    name: "__name__".into(),
+                    value: name.into(),
+                }],
+                samples: vec![Sample {
+                    timestamp: t,
+                    value: 1.0,
+                }],
+                ..Default::default()
+            }],
+            metadata: vec![],
+        }
+        .encode_to_vec();
+        db.append(&crate::remote_write::decode(&req).unwrap())
+            .unwrap()
+    }
+
+    fn samples(db: &Tsdb, name: &str) -> Vec<i64> {
+        let m = crate::model::Matcher::new(crate::model::MatchType::Equal, "__name__", name);
+        let found = db.select(&[m.unwrap()], i64::MIN, i64::MAX, false).unwrap();
+        let mut ts = Vec::new();
+        for (_, chunks) in found {
+            for c in chunks {
+                ts.extend(chunkenc::decode_xor(&c.data).unwrap().iter().map(|s| s.0));
+            }
+        }
+        ts
+    }
+
+    fn no_future_window() -> TsdbOptions {
+        TsdbOptions {
+            too_far_in_future_ms: 0,
+            ..TsdbOptions::default()
+        }
+    }
+
+    #[test]
+    fn a_far_future_sample_does_not_make_retention_delete_current_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = Tsdb::open(dir.path(), &no_future_window()).unwrap();
+        let now = now_ms();
+        let start = now - 5 * 3600 * 1000;
+        for t in (start..=now).step_by(60_000) {
+            assert_eq!(write(&db, "current", t).appended, 1);
+        }
+        let written = samples(&db, "current").len();
+        // A clock 20 days ahead: accepted (the window is off), and the head's max jumps.
+        assert_eq!(
+            write(&db, "skewed", now + 20 * 24 * 3600 * 1000).appended,
+            1
+        );
+        let ext = Labels::from_pairs([("replica", "a")]);
+        let cut = db.compact(&ext).unwrap();
+        assert!(cut.iter().filter(|c| c.meta.is_some()).count() >= 2);
+        let deleted = db
+            .apply_retention(15 * 24 * 3600 * 1000, now, &|_| true)
+            .unwrap();
+        assert!(deleted.is_empty(), "deleted {deleted:?}");
+        assert_eq!(samples(&db, "current").len(), written);
+        // Retention still works by the wall clock: 1h keeps only blocks ending within the hour.
+        let deleted = db.apply_retention(3600 * 1000, now, &|_| true).unwrap();
+        assert!(!deleted.is_empty());
+        assert!(samples(&db, "current")
+            .iter()
+            .all(|&t| t >= now - 3 * 3600 * 1000));
+    }
+
+    #[test]
+    fn samples_past_the_future_window_are_rejected_and_the_rest_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = Tsdb::open(dir.path(), &TsdbOptions::default()).unwrap();
+        let now = now_ms();
+        let ahead = write(&db, "skewed", now + 3600 * 1000);
+        assert_eq!(ahead.appended, 0);
+        assert_eq!(ahead.rejected.too_far_in_future, 1);
+        assert!(matches!(
+            ahead.rejected.example,
+            Some((SampleRejection::TooFarInFuture, 0, _))
+        ));
+        // The rejected sample did not move the head's lower bound: current samples are fine.
+        assert_eq!(write(&db, "current", now - 1000).appended, 1);
+        assert_eq!(write(&db, "current", now + 5 * 60 * 1000).appended, 1);
+        assert_eq!(samples(&db, "skewed"), Vec::<i64>::new());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        #[test]
+        fn extreme_timestamps_never_stop_compaction(
+            ts in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::sample::select(vec![
+                        i64::MIN, i64::MIN + 1, -9_000_000_000_000_000, -RANGE - 1, -1, 0,
+                        RANGE, 1_700_000_000_000, i64::MAX - RANGE, i64::MAX - 1, i64::MAX,
+                    ]),
+                    proptest::num::i64::ANY,
+                ],
+                1..12,
+            )
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let (db, _) = Tsdb::open(dir.path(), &no_future_window()).unwrap();
+            let mut accepted = Vec::new();
+            for (i, &t) in ts.iter().enumerate() {
+                if write(&db, &format!("s{}", i % 3), t).appended == 1 {
+                    accepted.push(t);
+                }
+            }
+            db.compact(&Labels::default()).unwrap();
+            // Measured in i128, independently of the head's own (saturating) arithmetic.
+            let span = db.snapshot().time_range.map_or(0, |(lo, hi)| i128::from(hi) - i128::from(lo));
+            proptest::prop_assert!(span <= i128::from(RANGE / 2 * 3), "head still spans {span} ms");
+            let mut read: Vec<i64> = (0..3).flat_map(|i| samples(&db, &format!("s{i}"))).collect();
+            read.sort_unstable();
+            accepted.sort_unstable();
+            proptest::prop_assert_eq!(read, accepted);
+        }
+    }
+
     #[test]
     fn retention_deletes_old_blocks_unless_they_must_be_kept() {
         let dir = tempfile::tempdir().unwrap();
@@ -702,9 +865,14 @@ mod tests {
         assert_eq!(db.num_blocks(), 3);
         assert!(db.compact(&ext).unwrap().is_empty(), "nothing more is due");
         // With uploads pending nothing may go, whatever the retention.
-        assert!(db.apply_retention(1, &|_| false).unwrap().is_empty());
+        assert!(db
+            .apply_retention(1, i64::MAX, &|_| false)
+            .unwrap()
+            .is_empty());
         // Newest sample is at 8h - 1m; a 4h retention drops blocks ending at or before ~4h.
-        let deleted = db.apply_retention(4 * 3600 * 1000, &|_| true).unwrap();
+        let deleted = db
+            .apply_retention(4 * 3600 * 1000, i64::MAX, &|_| true)
+            .unwrap();
         assert_eq!(
             deleted.len(),
             1,

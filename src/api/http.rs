@@ -95,12 +95,13 @@ impl Failure {
 
 async fn receive(State(st): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
     let start = Instant::now();
-    let tenant_raw = tenant_from_headers(&headers, &st.opts);
-    let tenant = tenant_raw
-        .as_deref()
-        .map_err(|e| e.clone())
-        .and_then(|t| TenantId::new(t).map_err(|e| e.to_string()));
-    let tenant_raw = tenant_raw.unwrap_or_else(|_| "<invalid>".to_string());
+    let tenant = tenant_from_headers(&headers, &st.opts)
+        .and_then(|t| TenantId::new(&t).map_err(|e| e.to_string()));
+    // An invalid tenant is named (bounded) in the error only: as a log field or metric label it
+    // would let any sender grow both without bound.
+    let tenant_raw = tenant
+        .as_ref()
+        .map_or_else(|_| "<invalid>".to_string(), |t| t.to_string());
     let (result, summary) = match tenant {
         Err(e) => (
             Err(Failure::new(ErrorClass::BadRequest, e)),
@@ -171,30 +172,92 @@ fn check_content(headers: &HeaderMap) -> Result<(), Failure> {
         let enc = enc.to_str().unwrap_or("").trim();
         if !enc.eq_ignore_ascii_case("snappy") {
             return Err(unsupported(&format!(
-                "unsupported Content-Encoding {enc:?}: only snappy is accepted"
+                "unsupported Content-Encoding {:?}: only snappy is accepted",
+                crate::model::Shown(enc)
             )));
         }
     }
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or("");
-        let mut parts = ct.split(';').map(str::trim);
-        let media = parts.next().unwrap_or("");
+        let shown = crate::model::shown_bytes(ct.as_bytes());
+        let Some((media, params)) = ct.to_str().ok().and_then(parse_media_type) else {
+            return Err(unsupported(&format!(
+                "malformed Content-Type {shown:?}: expected application/x-protobuf"
+            )));
+        };
         if !media.eq_ignore_ascii_case("application/x-protobuf") {
             return Err(unsupported(&format!(
-                "unsupported Content-Type {ct:?}: expected application/x-protobuf"
+                "unsupported Content-Type {shown:?}: expected application/x-protobuf"
             )));
         }
-        for p in parts {
-            if let Some(proto) = p.strip_prefix("proto=") {
-                if proto != "prometheus.WriteRequest" {
+        for (name, value) in params {
+            if !name.eq_ignore_ascii_case("proto") {
+                continue;
+            }
+            match value.as_str() {
+                "prometheus.WriteRequest" => {}
+                "io.prometheus.write.v2.Request" => {
+                    return Err(unsupported(
+                        "remote write 2.0 (proto=io.prometheus.write.v2.Request) is not supported yet; send remote write 1.0 (prometheus.WriteRequest)",
+                    ))
+                }
+                other => {
                     return Err(unsupported(&format!(
-                        "unsupported remote-write message {proto:?}: only prometheus.WriteRequest (remote write 1.0) is accepted"
-                    )));
+                        "unsupported remote-write message {:?}: only prometheus.WriteRequest (remote write 1.0) is accepted",
+                        crate::model::Shown(other)
+                    )))
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Splits a media type into `type/subtype` and its parameters as RFC 9110 §8.3.1 writes them
+/// (`;`-separated, optional whitespace, quoted-string values). Whitespace around `=`, which the
+/// grammar does not allow, is tolerated: a sender that writes `proto = …` means the parameter,
+/// and reading past it would take a 2.0 body for an empty 1.0 request. None when malformed.
+fn parse_media_type(ct: &str) -> Option<(&str, Vec<(&str, String)>)> {
+    let (media, mut rest) = ct.split_once(';').unwrap_or((ct, ""));
+    let media = media.trim_matches([' ', '\t']);
+    if media.is_empty() || !media.contains('/') {
+        return None;
+    }
+    let mut params = Vec::new();
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', ';']);
+        if rest.is_empty() {
+            return Some((media, params));
+        }
+        let (name, after) = rest.split_once('=')?;
+        let after = after.trim_start_matches([' ', '\t']);
+        let (value, tail) = match after.strip_prefix('"') {
+            Some(q) => {
+                let mut value = String::new();
+                let mut chars = q.char_indices();
+                let end = loop {
+                    match chars.next()? {
+                        (i, '"') => break i + 1,
+                        (_, '\\') => value.push(chars.next()?.1),
+                        (_, c) => value.push(c),
+                    }
+                };
+                (value, &q[end..])
+            }
+            None => {
+                let end = after.find(';').unwrap_or(after.len());
+                (
+                    after[..end].trim_end_matches([' ', '\t']).to_string(),
+                    &after[end..],
+                )
+            }
+        };
+        let tail = tail.trim_start_matches([' ', '\t']);
+        if !(tail.is_empty() || tail.starts_with(';')) {
+            return None;
+        }
+        params.push((name.trim_matches([' ', '\t']), value));
+        rest = tail;
+    }
 }
 
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Failure> {
@@ -329,6 +392,42 @@ mod tests {
             check_content(&v2).err().unwrap().class,
             ErrorClass::UnsupportedMediaType
         );
+    }
+
+    #[test]
+    fn media_type_parameters_are_read_as_rfc_9110_writes_them() {
+        for v2 in [
+            "application/x-protobuf;PROTO=io.prometheus.write.v2.Request",
+            "application/x-protobuf; proto = io.prometheus.write.v2.Request",
+            "Application/X-Protobuf ;\tproto=\"io.prometheus.write.v2.Request\"",
+            "application/x-protobuf;charset=utf-8;Proto=io.prometheus.write.v2.Request",
+        ] {
+            let e = check_content(&h(&[("content-type", v2)])).err();
+            let e = e.unwrap_or_else(|| panic!("{v2} accepted"));
+            assert_eq!(e.class, ErrorClass::UnsupportedMediaType, "{v2}");
+            assert!(e.msg.contains("2.0"), "{v2}: {}", e.msg);
+        }
+        for ok in [
+            "application/x-protobuf; proto=prometheus.WriteRequest",
+            "application/x-protobuf;PROTO=\"prometheus.WriteRequest\"",
+            "application/x-protobuf ; charset=utf-8",
+        ] {
+            assert!(check_content(&h(&[("content-type", ok)])).is_ok(), "{ok}");
+        }
+        for bad in [
+            "application/x-protobuf;proto",
+            "application/x-protobuf;proto=\"x",
+            "/",
+            "",
+        ] {
+            assert!(
+                check_content(&h(&[("content-type", bad)])).is_err(),
+                "{bad:?}"
+            );
+        }
+        let long = format!("application/x-protobuf;proto={}", "x".repeat(100_000));
+        let e = check_content(&h(&[("content-type", &long)])).err().unwrap();
+        assert!(e.msg.len() < 1024, "{}", e.msg.len());
     }
 
     #[test]

@@ -22,6 +22,22 @@ pub const MAX_CHUNK: usize = 1 << 16;
 /// The framing format's stream identifier chunk, which begins every stream.
 pub const STREAM_ID: &[u8] = b"\xff\x06\x00\x00sNaPpY";
 
+/// The decompressed length a snappy block declares in its preamble, refused when the block
+/// is too short to produce it. The densest element of the block format, a 3-byte copy, emits
+/// at most 64 bytes, so a block expands at most 64/3 times; without this check a 9-byte body
+/// claiming 32 MiB makes the reader allocate 32 MiB before it finds out.
+pub fn block_len(block: &[u8]) -> Result<usize, String> {
+    let n = snap::raw::decompress_len(block).map_err(|e| e.to_string())?;
+    let most = block.len().saturating_mul(64) / 3;
+    if n > most {
+        return Err(format!(
+            "block of {} bytes declares {n} decompressed bytes, more than it can hold",
+            block.len()
+        ));
+    }
+    Ok(n)
+}
+
 thread_local! {
     /// Block encoder (its hash table) and output buffer, reused by every chunk of a thread.
     static CHUNK_ENCODER: std::cell::RefCell<(snap::raw::Encoder, Vec<u8>)> =
@@ -107,8 +123,7 @@ pub fn decode_frames(src: &[u8], limit: usize) -> Result<Vec<u8>, BodyError> {
                     return Err(malformed("snappy chunk without checksum"));
                 };
                 let n = match kind {
-                    0x00 => snap::raw::decompress_len(data)
-                        .map_err(|e| malformed(format!("snappy: {e}")))?,
+                    0x00 => block_len(data).map_err(|e| malformed(format!("snappy: {e}")))?,
                     _ => data.len(),
                 };
                 if n > MAX_CHUNK {

@@ -45,6 +45,8 @@ pub enum SampleRejection {
     DuplicateTimestamp,
     /// Older than what the head accepts (its max time minus half a chunk range).
     OutOfBounds,
+    /// Later than the wall clock plus `--tsdb.too-far-in-future.time-window`.
+    TooFarInFuture,
 }
 
 /// A chunk returned to readers: its bytes are a complete XOR chunk.
@@ -157,7 +159,8 @@ impl MemSeries {
 
 /// End (exclusive) of the aligned range that contains `t`, with Go's truncating division.
 fn range_end(t: i64, width: i64) -> i64 {
-    (t / width) * width + width
+    // Saturating: the last range before i64::MAX ends at i64::MAX rather than wrapping below it.
+    ((t / width) * width).saturating_add(width)
 }
 
 /// Predicts where the current chunk should end so that chunks up to `max` hold equal sample
@@ -356,7 +359,7 @@ impl Head {
     /// Whether the head spans more than 1.5 block ranges, when Prometheus cuts a block.
     pub fn needs_compaction(&self) -> bool {
         self.time_range()
-            .is_some_and(|(lo, hi)| hi - lo > self.opts.chunk_range / 2 * 3)
+            .is_some_and(|(lo, hi)| hi.saturating_sub(lo) > self.opts.chunk_range / 2 * 3)
     }
 
     /// The block range holding the head's oldest sample: `[min_t, aligned end)`.
@@ -549,12 +552,15 @@ impl Head {
     /// Returns Ok(true) to append, Ok(false) for an exact duplicate (a no-op), or the rejection.
     pub fn check(
         last: Option<(i64, u64)>,
-        min_valid: i64,
+        (min_valid, max_valid): (i64, i64),
         t: i64,
         v: f64,
     ) -> Result<bool, SampleRejection> {
         if t < min_valid {
             return Err(SampleRejection::OutOfBounds);
+        }
+        if t > max_valid {
+            return Err(SampleRejection::TooFarInFuture);
         }
         match last {
             Some((lt, _)) if t < lt => Err(SampleRejection::OutOfOrder),
@@ -914,20 +920,22 @@ mod tests {
     #[test]
     fn append_rules() {
         use SampleRejection::*;
-        assert_eq!(Head::check(None, i64::MIN, 5, 1.0), Ok(true));
+        assert_eq!(Head::check(None, (i64::MIN, i64::MAX), 5, 1.0), Ok(true));
         assert_eq!(
-            Head::check(Some((5, 1f64.to_bits())), i64::MIN, 5, 1.0),
+            Head::check(Some((5, 1f64.to_bits())), (i64::MIN, i64::MAX), 5, 1.0),
             Ok(false)
         );
         assert_eq!(
-            Head::check(Some((5, 1f64.to_bits())), i64::MIN, 5, 2.0),
+            Head::check(Some((5, 1f64.to_bits())), (i64::MIN, i64::MAX), 5, 2.0),
             Err(DuplicateTimestamp)
         );
         assert_eq!(
-            Head::check(Some((5, 1f64.to_bits())), i64::MIN, 4, 1.0),
+            Head::check(Some((5, 1f64.to_bits())), (i64::MIN, i64::MAX), 4, 1.0),
             Err(OutOfOrder)
         );
-        assert_eq!(Head::check(None, 10, 9, 1.0), Err(OutOfBounds));
+        assert_eq!(Head::check(None, (10, i64::MAX), 9, 1.0), Err(OutOfBounds));
+        assert_eq!(Head::check(None, (10, 20), 21, 1.0), Err(TooFarInFuture));
+        assert_eq!(Head::check(None, (10, 20), 20, 1.0), Ok(true));
     }
 
     proptest::proptest! {
@@ -1058,7 +1066,7 @@ mod tests {
         assert_eq!(got.len(), 2 * 480);
         assert!(got.iter().all(|&(t, _)| t >= range));
         assert!(
-            Head::check(None, h.min_valid_time(), range - 1, 1.0).is_err(),
+            Head::check(None, (h.min_valid_time(), i64::MAX), range - 1, 1.0).is_err(),
             "below the floor is out of bounds"
         );
         let (again, _) = h.get_or_create(&[("s", "old")]);
