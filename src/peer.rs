@@ -99,7 +99,9 @@ impl PeerError {
     }
 
     fn from_status(addr: &str, s: &Status) -> PeerError {
-        let (addr, reason) = (addr.to_string(), s.message().to_string());
+        // A peer's message (Thanos echoes whole label sets) becomes our answer and log line.
+        let reason = crate::model::Shown(s.message()).to_string();
+        let addr = addr.to_string();
         match s.code() {
             Code::Unavailable => PeerError::Unavailable { addr, reason },
             Code::AlreadyExists => PeerError::Conflict { addr, reason },
