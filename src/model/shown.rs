@@ -72,6 +72,9 @@ mod tests {
         assert_eq!(s.chars().filter(|&c| c == 'é').count(), 128);
         assert!(format!("{:?}", Shown(&long)).len() < SHOWN_MAX_BYTES + 40);
         let b = vec![b'x'; 100_000];
-        assert_eq!(shown_bytes(&b).len(), SHOWN_MAX_BYTES + "…(cut, 100000 bytes)".len());
+        assert_eq!(
+            shown_bytes(&b).len(),
+            SHOWN_MAX_BYTES + "…(cut, 100000 bytes)".len()
+        );
     }
 }
