@@ -7,6 +7,7 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod fuzzing;
 pub mod hashring;
 pub mod ingest;
 pub mod logging;
