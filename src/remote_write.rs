@@ -229,14 +229,15 @@ fn decompressed_len(body: &[u8], opts: &Options) -> Result<usize, DecodeError> {
             limit: opts.max_request_bytes,
         });
     }
-    let len = crate::proto::snappy::block_len(body).map_err(DecodeError::Snappy)?;
+    let len = snap::raw::decompress_len(body).map_err(|e| DecodeError::Snappy(e.to_string()))?;
     if len > opts.max_request_bytes {
         return Err(DecodeError::TooLarge {
             size: len,
             limit: opts.max_request_bytes,
         });
     }
-    Ok(len)
+    // Within the limit, the claim must still be one the body can back (400 otherwise).
+    crate::proto::snappy::block_len(body).map_err(DecodeError::Snappy)
 }
 
 /// Decompresses a snappy block-format body, refusing bodies whose declared length exceeds the limit.
