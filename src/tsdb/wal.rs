@@ -36,6 +36,10 @@
 //! - A failed `log` may still have persisted a prefix of its records (never a partial record).
 //! - [`replay`] must run before [`Wal::open`]: open does not read records, and a torn record left
 //!   in place would, at the next replay, make everything written after it be discarded.
+//! - [`Wal::release`] fdatasyncs what is not yet on disk and closes the segment file without
+//!   padding it; the next call that writes reopens it at the same position (its length must
+//!   still be what was written, else the WAL is failed). A crash while it is released replays
+//!   like a crash at any other point between two calls.
 //! - A checkpoint is renamed into place and the directory fsynced before anything it replaces
 //!   is deleted, so a crash during [`checkpoint`] replays to the same state (see there).
 
@@ -656,15 +660,49 @@ fn pad_torn_page(dir: &Path, index: u32) -> Result<(), WalError> {
 struct Writer {
     dir: PathBuf,
     index: u32,
-    file: File,
+    /// None while released: an idle tenant must not hold a descriptor (see [`Wal::release`]).
+    file: Option<File>,
     /// Bytes of this segment already accepted by write(2).
     written: u64,
     pending: Vec<u8>,
     total_written: u64,
+    /// Bytes were written since the last fsync, so releasing the file must sync first.
+    dirty: bool,
     failed: Option<String>,
 }
 
 impl Writer {
+    /// The segment file, reopened for appending if it was released. A reopen that fails (e.g.
+    /// EMFILE) changes nothing and may be retried; a file whose length is not what this writer
+    /// wrote has been changed behind its back, and nothing appended after it could be trusted.
+    fn file(&mut self) -> Result<&mut File, WalError> {
+        if self.file.is_none() {
+            let path = segment_path(&self.dir, self.index);
+            let f = OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(|e| io_error(e, "reopen WAL segment", &path))?;
+            let len = f
+                .metadata()
+                .map_err(|e| io_error(e, "stat WAL segment", &path))?
+                .len();
+            if len != self.written {
+                let reason = format!(
+                    "{} is {len} bytes on reopen, {} were written",
+                    path.display(),
+                    self.written
+                );
+                self.failed = Some(reason.clone());
+                return Err(WalError::Failed(reason));
+            }
+            self.file = Some(f);
+        }
+        match self.file.as_mut() {
+            Some(f) => Ok(f),
+            None => Err(WalError::Closed),
+        }
+    }
+
     fn pos(&self) -> u64 {
         self.written + self.pending.len() as u64
     }
@@ -694,18 +732,33 @@ impl Writer {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let result = self.file.write_all(&self.pending);
+        if let Err(e) = self.file() {
+            // Nothing reached the segment, so it still ends on a record boundary.
+            self.pending.clear();
+            return Err(e);
+        }
+        let result = match self.file.as_mut() {
+            Some(f) => f.write_all(&self.pending),
+            None => Err(io::Error::other("segment file not open")),
+        };
         let len = self.pending.len() as u64;
         self.pending.clear();
         match result {
             Ok(()) => {
                 self.written += len;
                 self.total_written += len;
+                self.dirty = true;
                 Ok(())
             }
             Err(source) => {
                 let path = segment_path(&self.dir, self.index);
-                if let Err(e) = self.file.set_len(self.written) {
+                // Some bytes may have landed: they must be synced or cut off before a release.
+                self.dirty = true;
+                let cut = match self.file.as_mut() {
+                    Some(f) => f.set_len(self.written),
+                    None => Err(io::Error::other("segment file not open")),
+                };
+                if let Err(e) = cut {
                     self.failed = Some(format!(
                         "could not cut a failed write off {}: {e}",
                         path.display()
@@ -717,16 +770,23 @@ impl Writer {
     }
 
     fn fsync(&mut self, data_only: bool) -> Result<(), WalError> {
+        let file = self.file()?;
         let result = if data_only {
-            self.file.sync_data()
+            file.sync_data()
         } else {
-            self.file.sync_all()
+            file.sync_all()
         };
-        result.map_err(|source| {
-            let path = segment_path(&self.dir, self.index);
-            self.failed = Some(format!("fsync of {} failed: {source}", path.display()));
-            io_error(source, "fsync WAL segment", &path)
-        })
+        match result {
+            Ok(()) => {
+                self.dirty = false;
+                Ok(())
+            }
+            Err(source) => {
+                let path = segment_path(&self.dir, self.index);
+                self.failed = Some(format!("fsync of {} failed: {source}", path.display()));
+                Err(io_error(source, "fsync WAL segment", &path))
+            }
+        }
     }
 
     /// Finishes the segment on a page boundary (readers rely on every segment but the newest
@@ -739,9 +799,10 @@ impl Writer {
             dir: self.dir.clone(),
             reason: "segment index overflow".into(),
         })?;
-        self.file = create_segment(&self.dir, next)?;
+        self.file = Some(create_segment(&self.dir, next)?);
         self.index = next;
         self.written = 0;
+        self.dirty = false;
         Ok(())
     }
 
@@ -846,6 +907,7 @@ impl fmt::Debug for Wal {
             .field("segment", &self.writer.index)
             .field("segment_bytes", &self.writer.pos())
             .field("bytes_written", &self.writer.total_written)
+            .field("open", &self.writer.file.is_some())
             .field("failed", &self.writer.failed)
             .finish()
     }
@@ -876,10 +938,11 @@ impl Wal {
             writer: Writer {
                 dir: dir.to_path_buf(),
                 index,
-                file,
+                file: Some(file),
                 written: 0,
                 pending: Vec::new(),
                 total_written: 0,
+                dirty: false,
                 failed: None,
             },
             zbuf: Vec::new(),
@@ -892,6 +955,8 @@ impl Wal {
     /// [`WalSync::Always`]. On error a prefix of the records may have been persisted.
     pub fn log(&mut self, records: &[&[u8]]) -> Result<(), WalError> {
         self.writer.ensure_usable()?;
+        // Reopened before any record is laid out, so a failed reopen logs nothing at all.
+        self.writer.file()?;
         let pages_per_segment = self.opts.segment_size / PAGE_SIZE_U64;
         for rec in records {
             let (data, compressed) = maybe_compress(
@@ -923,9 +988,37 @@ impl Wal {
     /// `tsdb/wlog/wlog.go` lines 789-796), so a cleanly closed segment is whole pages.
     pub fn close(mut self) -> Result<(), WalError> {
         self.writer.ensure_usable()?;
+        // A released segment that is whole pages and synced is already what close leaves; not
+        // reopening it keeps shutting down many idle tenants cheap.
+        if self.writer.file.is_none() && self.writer.page_used() == 0 && !self.writer.dirty {
+            return Ok(());
+        }
         self.writer.pad_page();
         self.writer.flush()?;
         self.writer.fsync(false)
+    }
+
+    /// Closes the segment file so that an idle WAL holds no descriptor; the next [`Wal::log`],
+    /// [`Wal::sync`], [`Wal::cut_segment`] or [`Wal::close`] reopens it. Bytes not yet fsynced
+    /// are fdatasync'ed first: a writeback error reported after the last descriptor is gone
+    /// could be lost, and with it what a later fsync at cut or close promises. The page is not
+    /// padded: writing resumes where it stopped. A failed WAL just drops its file.
+    pub fn release(&mut self) -> Result<(), WalError> {
+        if self.writer.file.is_none() {
+            return Ok(());
+        }
+        let mut synced = Ok(());
+        if self.writer.failed.is_none() && self.writer.dirty {
+            synced = self.writer.flush().and_then(|()| self.writer.fsync(true));
+        }
+        // After a failed sync the WAL refuses every call anyway; the descriptor is better freed.
+        self.writer.file = None;
+        synced
+    }
+
+    /// Whether the segment file is open (not [released](Wal::release)).
+    pub fn is_open(&self) -> bool {
+        self.writer.file.is_some()
     }
 
     pub fn current_segment(&self) -> u32 {
@@ -3244,6 +3337,8 @@ mod tests {
         Restart {
             clean: bool,
         },
+        /// The segment file closed as for an idle tenant; the next op reopens it.
+        Release,
     }
 
     fn op_strategy() -> impl Strategy<Value = Op> {
@@ -3267,6 +3362,7 @@ mod tests {
                 }
             ),
             1 => any::<bool>().prop_map(|clean| Op::Restart { clean }),
+            2 => Just(Op::Release),
         ]
     }
 
@@ -3334,6 +3430,11 @@ mod tests {
                         prop_assert_eq!(replay_recs(&dir), model_recs(&model));
                         wal = Some(Wal::open(&dir, o.clone()).unwrap());
                     }
+                    Op::Release => {
+                        w.release().unwrap();
+                        prop_assert!(!w.is_open());
+                        prop_assert_eq!(open_fds_under(&dir), 0);
+                    }
                 }
             }
             drop(wal);
@@ -3399,5 +3500,138 @@ mod tests {
         );
         let (got, stdout) = promtool_dump(tmp.path());
         assert_eq!(got, want, "promtool output:\n{stdout}");
+    }
+
+    /// Descriptors of this process open on files under `dir`.
+    fn open_fds_under(dir: &Path) -> usize {
+        let dir = fs::canonicalize(dir).unwrap();
+        fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+            .filter(|p| p.starts_with(&dir))
+            .count()
+    }
+
+    #[test]
+    fn released_wal_resumes_at_its_position_and_replays_every_record_once() {
+        for sync in [WalSync::Os, WalSync::Always] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("wal");
+            let o = WalOptions {
+                sync,
+                ..opts(1, false)
+            };
+            let mut wal = Wal::open(&dir, o.clone()).unwrap();
+            let mut want = Vec::new();
+            for i in 0..40u64 {
+                let rec = make_record(700 + (i as usize * 37) % 3000, i, i % 2 == 0);
+                log_one(&mut wal, &rec);
+                want.push(rec);
+                if i % 3 == 0 {
+                    wal.release().unwrap();
+                    assert!(!wal.is_open());
+                    assert_eq!(open_fds_under(&dir), 0, "released WAL still holds a file");
+                    // Nothing is padded or written on release: the segment ends where it did.
+                    let (got, stats) = read_all(&dir);
+                    assert!(stats.torn.is_none());
+                    assert_eq!(got, want);
+                    wal.release().unwrap();
+                }
+                if i == 20 {
+                    wal.release().unwrap();
+                    wal.cut_segment().unwrap();
+                }
+            }
+            assert!(wal.current_segment() >= 2, "records crossed segments");
+            wal.release().unwrap();
+            wal.close().unwrap();
+            let (got, stats) = read_all(&dir);
+            assert!(stats.torn.is_none());
+            assert_eq!(got, want);
+            for (seg, len) in segment_files(&dir) {
+                assert_eq!(len % PAGE_SIZE_U64, 0, "segment {seg} not page aligned");
+            }
+            // A release after a clean close and reopen (a restart) behaves the same.
+            let mut wal = Wal::open(&dir, o).unwrap();
+            wal.release().unwrap();
+            log_one(&mut wal, b"after restart");
+            want.push(b"after restart".to_vec());
+            drop(wal);
+            assert_eq!(read_all(&dir).0, want);
+        }
+    }
+
+    /// A crash (`kill -9`) between any two calls, released or not, replays exactly what was
+    /// logged so far, and the WAL reopened on that state keeps working.
+    #[test]
+    fn kill_at_any_point_around_release_replays_every_logged_record_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let o = opts(1, true);
+        let mut wal = Wal::open(&dir, o.clone()).unwrap();
+        let mut want: Vec<Vec<u8>> = Vec::new();
+        for step in 0..60u64 {
+            match step % 5 {
+                0 | 2 => {
+                    let rec = make_record(200 + (step as usize * 911) % 9000, step, step % 3 == 0);
+                    log_one(&mut wal, &rec);
+                    want.push(rec);
+                }
+                1 | 3 => wal.release().unwrap(),
+                _ => {
+                    wal.cut_segment().unwrap();
+                    wal.release().unwrap();
+                }
+            }
+            let crashed = tmp.path().join(format!("crash-{step}"));
+            copy_dir(&dir, &crashed);
+            let (got, stats) = read_all(&crashed);
+            assert!(stats.torn.is_none(), "step {step}: {:?}", stats.torn);
+            assert_eq!(got, want, "step {step}");
+            let mut again = Wal::open(&crashed, o.clone()).unwrap();
+            log_one(&mut again, b"next");
+            drop(again);
+            assert_eq!(read_all(&crashed).0.len(), want.len() + 1, "step {step}");
+            fs::remove_dir_all(&crashed).unwrap();
+        }
+    }
+
+    #[test]
+    fn reopen_that_fails_logs_nothing_and_can_be_retried() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let mut wal = Wal::open(&dir, opts(4, false)).unwrap();
+        log_one(&mut wal, b"one");
+        wal.release().unwrap();
+        let seg = segment_path(&dir, wal.current_segment());
+        let aside = tmp.path().join("aside");
+        fs::rename(&seg, &aside).unwrap();
+        // As EMFILE would: the reopen fails, the WAL is not failed and wrote nothing.
+        assert!(matches!(wal.log(&[b"lost"]), Err(WalError::Io { .. })));
+        assert!(!wal.is_open());
+        assert!(!seg.exists());
+        fs::rename(&aside, &seg).unwrap();
+        log_one(&mut wal, b"two");
+        wal.close().unwrap();
+        assert_eq!(read_all(&dir).0, vec![b"one".to_vec(), b"two".to_vec()]);
+    }
+
+    #[test]
+    fn reopen_of_a_segment_changed_behind_its_back_fails_the_wal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let mut wal = Wal::open(&dir, opts(4, false)).unwrap();
+        log_one(&mut wal, b"one");
+        wal.release().unwrap();
+        let seg = segment_path(&dir, wal.current_segment());
+        OpenOptions::new()
+            .append(true)
+            .open(&seg)
+            .unwrap()
+            .write_all(b"junk")
+            .unwrap();
+        assert!(matches!(wal.log(&[b"two"]), Err(WalError::Failed(_))));
+        assert!(matches!(wal.log(&[b"two"]), Err(WalError::Failed(_))));
+        assert_eq!(fs::metadata(&seg).unwrap().len(), 7 + 3 + 4);
     }
 }
