@@ -26,6 +26,7 @@ use crate::model::{Labels, MatchType, Matcher, TenantId};
 use crate::peer::{self, Compression};
 use crate::proto::snappy;
 use crate::remote_write::{self, Scratch, WriteBatch};
+use crate::tsdb::block::uvarint;
 use crate::tsdb::block::{self, Block};
 use crate::tsdb::chunkenc::{decode_xor, encode_xor, XorIterator};
 use crate::tsdb::head::{Head, HeadOptions};
@@ -646,21 +647,6 @@ pub fn xor_chunk(data: &[u8]) {
     if samples.windows(2).all(|w| w[0].0 < w[1].0) && samples.len() <= usize::from(u16::MAX) {
         let _ = decode_xor(&encode_xor(&samples));
     }
-}
-
-/// Go's `binary.Uvarint` (at most 10 bytes, the 10th at most 1).
-fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
-    let mut x = 0u64;
-    for (i, &byte) in b.iter().enumerate().take(10) {
-        if byte < 0x80 {
-            if i == 9 && byte > 1 {
-                return None;
-            }
-            return Some((x | u64::from(byte) << (7 * i), i + 1));
-        }
-        x |= u64::from(byte & 0x7f) << (7 * i);
-    }
-    None
 }
 
 fn be_u64(b: &[u8], at: usize) -> Option<u64> {

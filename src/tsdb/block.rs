@@ -39,6 +39,7 @@ use crate::model::{Label, Labels, Matcher};
 use crate::tsdb::chunkenc::ENCODING_XOR;
 use crate::tsdb::ChunkData;
 
+pub(crate) use self::enc::uvarint;
 pub use self::verify::verify;
 
 const META_FILE: &str = "meta.json";

@@ -36,7 +36,7 @@ pub(super) fn uvarint_len(mut x: u64) -> usize {
 
 /// Go `binary.Uvarint`: the value and the bytes it used, or None when `b` ends inside the varint
 /// or the varint overflows 64 bits (Go's rule: a 10th byte may only be 0 or 1).
-pub(super) fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
+pub(crate) fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
     let mut x = 0u64;
     for (i, &byte) in b.iter().enumerate().take(10) {
         if byte < 0x80 {
