@@ -262,25 +262,6 @@ fn records(mut data: &[u8]) -> Vec<&[u8]> {
     out
 }
 
-/// Known findings (docs/fuzzing.md) that the targets step around until they are fixed, so
-/// that a run can find something else. `WHARF_FUZZ_NO_SKIP=1` turns the detours off, to
-/// reproduce a finding.
-fn skip_known() -> bool {
-    static SKIP: OnceLock<bool> = OnceLock::new();
-    *SKIP.get_or_init(|| std::env::var_os("WHARF_FUZZ_NO_SKIP").is_none())
-}
-
-/// Finding F1: a WAL series record whose labels are not sorted by unique name is replayed as
-/// it is, and querying that series trips `Labels::from_sorted`'s invariant.
-fn unsorted_series(rec: &[u8]) -> bool {
-    let mut series = Vec::new();
-    record::record_type(rec) == Some(record::SERIES)
-        && record::decode_series(rec, &mut series).is_ok()
-        && series
-            .iter()
-            .any(|s| s.labels.windows(2).any(|w| w[0].0 >= w[1].0))
-}
-
 /// What `Tsdb::open` does with each replayed record: series records create head series under
 /// their reference, sample records are appended to the series they name.
 fn replay_into(head: &mut Head, refs: &mut HashMap<u64, u32>, rec: &[u8]) {
@@ -315,14 +296,8 @@ fn replay_into(head: &mut Head, refs: &mut HashMap<u64, u32>, rec: &[u8]) {
 pub fn wal_record(data: &[u8]) {
     let mut head = Head::new(HeadOptions::default());
     let mut refs = HashMap::new();
-    let mut unsorted = false;
     for rec in records(data) {
-        unsorted |= unsorted_series(rec);
         replay_into(&mut head, &mut refs, rec);
-    }
-    if unsorted && skip_known() {
-        let _ = head.needs_compaction();
-        return;
     }
     for (_, chunks) in head.select(&[], i64::MIN, i64::MAX, false) {
         for c in chunks {
@@ -391,29 +366,13 @@ pub fn wal_segment(data: &[u8]) {
     } else {
         write(&base.join("00000000"), &seg);
     }
-    // F1: learn from a copy whether the records hold unsorted label sets.
-    let mut unsorted = false;
-    if skip_known() {
-        let copy = scratch("wal_segment_copy");
-        for name in ["00000000", "00000001"] {
-            if let Ok(b) = fs::read(base.join(name)) {
-                write(&copy.join(name), &b);
-            }
-        }
-        let _ = crate::tsdb::wal::replay(&copy, |rec| {
-            unsorted |= unsorted_series(rec);
-            Ok::<(), ()>(())
-        });
-    }
     let Ok((db, _)) = Tsdb::open(&dir, &TsdbOptions::default()) else {
         return;
     };
-    if !unsorted {
-        if let Ok(all) = db.select(&[], i64::MIN, i64::MAX, false) {
-            for (_, chunks) in all {
-                for c in chunks {
-                    let _ = decode_xor(&c.data);
-                }
+    if let Ok(all) = db.select(&[], i64::MIN, i64::MAX, false) {
+        for (_, chunks) in all {
+            for c in chunks {
+                let _ = decode_xor(&c.data);
             }
         }
     }

@@ -1650,10 +1650,18 @@ pub mod record {
                     "series {series_ref} claims {n} labels, more than the record holds"
                 )));
             }
-            let mut labels = Vec::with_capacity(n as usize);
+            let mut labels: Vec<(&str, &str)> = Vec::with_capacity(n as usize);
             for _ in 0..n {
                 let name = cur.str("a label name")?;
                 let value = cur.str("a label value")?;
+                // The head takes a record's labels as a sorted set (lookups are binary
+                // searches); Wharf and Prometheus write them so, so anything else is corrupt.
+                if labels.last().is_some_and(|&(prev, _)| prev >= name) {
+                    return Err(WalError::Record(format!(
+                        "series {series_ref}: label names not sorted and unique at {:?}",
+                        crate::model::Shown(name)
+                    )));
+                }
                 labels.push((name, value));
             }
             out.push(RefSeries { series_ref, labels });
@@ -2314,8 +2322,27 @@ mod tests {
         );
     }
 
+    /// Label sets as the head writes them: names sorted and unique.
     fn label_strategy() -> impl Strategy<Value = Vec<(String, String)>> {
-        prop::collection::vec((".{0,12}", ".{0,40}"), 0..8)
+        prop::collection::btree_map(".{0,12}", ".{0,40}", 0..8)
+            .prop_map(|m| m.into_iter().collect())
+    }
+
+    #[test]
+    fn series_records_with_unsorted_or_repeated_label_names_are_corrupt() {
+        for labels in [[("b", "1"), ("a", "2")], [("a", "1"), ("a", "2")]] {
+            let mut buf = Vec::new();
+            record::begin_series(&mut buf);
+            record::push_series(
+                &mut buf,
+                7,
+                labels.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+            );
+            let mut out = Vec::new();
+            let e = record::decode_series(&buf, &mut out).unwrap_err();
+            assert!(e.to_string().contains("not sorted and unique"), "{e}");
+            assert!(out.is_empty());
+        }
     }
 
     proptest! {
