@@ -29,4 +29,7 @@ pub enum ErrorClass {
     Unavailable,
     Internal,
     UnsupportedMediaType,
+    /// A fan-out over tenants stopped at the first failing tenant because the caller asked for
+    /// no partial answer (StoreAPI ABORT); Thanos's proxy answers gRPC ABORTED whatever failed.
+    Aborted,
 }

@@ -2,7 +2,7 @@
 //! winning over same-named series labels, replica labels removed, series sorted by their final
 //! label set, and matchers on external labels resolved per tenant, as a Thanos Receive does.
 
-use crate::model::{ErrorClass, Labels, Matcher};
+use crate::model::{ErrorClass, Labels, Matcher, Shown};
 use crate::multitsdb::{MultiTsdb, TenantDb};
 use crate::tsdb::ChunkData;
 
@@ -12,18 +12,37 @@ pub enum StoreError {
     NoMatchers,
     #[error("label name parameter cannot be empty")]
     EmptyLabelName,
+    /// A Series call under ABORT stopped at a failing tenant. Thanos's proxy answers ABORTED
+    /// with the tenant's warning whatever the cause, even for a bad request such as matchers
+    /// only on external labels; UNAVAILABLE would have Queriers retry what cannot succeed.
     #[error("{0}")]
     Aborted(String),
+    /// A LabelNames/LabelValues call under ABORT stopped at a failing tenant. Thanos's proxy
+    /// returns the store's own error there, and its TSDB store reports storage failures as
+    /// INTERNAL.
+    #[error("{0}")]
+    TenantFailed(String),
 }
 
 impl StoreError {
     pub fn class(&self) -> ErrorClass {
         match self {
             StoreError::NoMatchers | StoreError::EmptyLabelName => ErrorClass::BadRequest,
-            StoreError::Aborted(_) => ErrorClass::Unavailable,
+            StoreError::Aborted(_) => ErrorClass::Aborted,
+            StoreError::TenantFailed(_) => ErrorClass::Internal,
         }
     }
 }
+
+/// The warning (or, under ABORT, the error) for one tenant. The cause is [`Shown`] on its own:
+/// it may carry a path or a value from the request, and it goes into a gRPC status.
+fn tenant_failure(t: &TenantDb, cause: &str) -> String {
+    format!("tenant {}: {}", Shown(t.tenant.as_str()), Shown(cause))
+}
+
+/// What Thanos's TSDB store answers a Series call whose matchers all name external labels.
+pub const NO_MATCHERS_EXCLUDING_EXTERNAL: &str =
+    "no matchers specified (excluding external labels)";
 
 /// `shard_info` of a Series request.
 #[derive(Debug, Clone)]
@@ -77,10 +96,26 @@ fn tenant_matchers(t: &TenantDb, matchers: &[Matcher]) -> Option<Vec<Matcher>> {
         match t.external_labels().get(&m.name) {
             Some(v) if !m.matches(v) => return None,
             Some(_) => {}
-            None => rest.push(m.clone()),
+            None => rest.push(known_values(t, m)),
         }
     }
     Some(rest)
+}
+
+/// A costly regex is run here on the tenant's values of its label, before the TSDB is asked:
+/// the head matches every value of a label while holding the tenant's lock, and a regex that
+/// takes 0.3 ms a value then kept that tenant's writes and Info waiting for seconds. Copying
+/// the values takes the lock only briefly; a value written meanwhile still runs the regex.
+/// Cheap regexes are left alone: for them the copy would cost more than the matching.
+fn known_values(t: &TenantDb, m: &Matcher) -> Matcher {
+    if !m.is_costly() {
+        return m.clone();
+    }
+    match t.db.label_values(&m.name, &[], i64::MIN, i64::MAX) {
+        Ok(values) => m.with_known_values(values.iter().map(String::as_str)),
+        // The select that follows reports the failure.
+        Err(_) => m.clone(),
+    }
 }
 
 pub fn series(db: &MultiTsdb, q: &SeriesQuery) -> Result<SeriesResult, StoreError> {
@@ -93,10 +128,7 @@ pub fn series(db: &MultiTsdb, q: &SeriesQuery) -> Result<SeriesResult, StoreErro
             continue;
         };
         if rest.is_empty() {
-            let msg = format!(
-                "tenant {}: no matchers specified (excluding external labels)",
-                t.tenant
-            );
+            let msg = tenant_failure(&t, NO_MATCHERS_EXCLUDING_EXTERNAL);
             if q.abort_on_error {
                 return Err(StoreError::Aborted(msg));
             }
@@ -106,7 +138,7 @@ pub fn series(db: &MultiTsdb, q: &SeriesQuery) -> Result<SeriesResult, StoreErro
         let selected = match t.db.select(&rest, q.min_time, q.max_time, q.skip_chunks) {
             Ok(s) => s,
             Err(e) => {
-                let msg = format!("tenant {}: {e}", t.tenant);
+                let msg = tenant_failure(&t, &e.to_string());
                 if q.abort_on_error {
                     return Err(StoreError::Aborted(msg));
                 }
@@ -140,6 +172,8 @@ pub struct LabelQuery {
     pub matchers: Vec<Matcher>,
     pub without_replica_labels: Vec<String>,
     pub limit: usize,
+    /// ABORT strategy: a failing tenant fails the call instead of adding a warning.
+    pub abort_on_error: bool,
 }
 
 /// Sorted, distinct names or values, and a warning per tenant that could not answer.
@@ -160,7 +194,7 @@ impl LabelResult {
     }
 }
 
-pub fn label_names(db: &MultiTsdb, q: &LabelQuery) -> LabelResult {
+pub fn label_names(db: &MultiTsdb, q: &LabelQuery) -> Result<LabelResult, StoreError> {
     let mut out = LabelResult::default();
     for t in db.tenants() {
         let Some(rest) = tenant_matchers(&t, &q.matchers) else {
@@ -169,7 +203,11 @@ pub fn label_names(db: &MultiTsdb, q: &LabelQuery) -> LabelResult {
         let found = match t.db.label_names(&rest, q.start, q.end) {
             Ok(f) => f,
             Err(e) => {
-                out.warnings.push(format!("tenant {}: {e}", t.tenant));
+                let msg = tenant_failure(&t, &e.to_string());
+                if q.abort_on_error {
+                    return Err(StoreError::TenantFailed(msg));
+                }
+                out.warnings.push(msg);
                 continue;
             }
         };
@@ -183,7 +221,7 @@ pub fn label_names(db: &MultiTsdb, q: &LabelQuery) -> LabelResult {
             .filter(|l| !q.without_replica_labels.contains(&l.name));
         out.values.extend(names.map(|l| l.name.clone()));
     }
-    out.finish(q.limit)
+    Ok(out.finish(q.limit))
 }
 
 pub fn label_values(db: &MultiTsdb, name: &str, q: &LabelQuery) -> Result<LabelResult, StoreError> {
@@ -211,7 +249,13 @@ pub fn label_values(db: &MultiTsdb, name: &str, q: &LabelQuery) -> Result<LabelR
         };
         match found {
             Ok(f) => out.values.extend(f),
-            Err(e) => out.warnings.push(format!("tenant {}: {e}", t.tenant)),
+            Err(e) => {
+                let msg = tenant_failure(&t, &e.to_string());
+                if q.abort_on_error {
+                    return Err(StoreError::TenantFailed(msg));
+                }
+                out.warnings.push(msg);
+            }
         }
     }
     Ok(out.finish(q.limit))

@@ -98,6 +98,17 @@ pub struct Metrics {
     pub config_hash: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub config_last_reload_successful: Gauge,
     pub hashring_nodes: Family<Name, Gauge>,
+    pub matchers_cache_requests: Counter,
+    pub matchers_cache_hits: Counter,
+    pub matchers_cache_items: Gauge,
+    pub matchers_cache_max_items: Gauge,
+    pub matchers_cache_evicted: Counter,
+    /// Idle tenants' WAL segment files closed to stay within the open-WAL bound.
+    pub wal_files_closed: Counter,
+    /// StoreAPI queries waiting for one of the bounded query slots.
+    pub store_queries_waiting: Gauge,
+    /// StoreAPI queries holding a slot (matcher compile, selection, frame encoding).
+    pub store_queries_running: Gauge,
 }
 
 fn duration_hist() -> Histogram {
@@ -156,6 +167,14 @@ impl Metrics {
             config_hash: Gauge::default(),
             config_last_reload_successful: Gauge::default(),
             hashring_nodes: Family::default(),
+            matchers_cache_requests: Counter::default(),
+            matchers_cache_hits: Counter::default(),
+            matchers_cache_items: Gauge::default(),
+            matchers_cache_max_items: Gauge::default(),
+            matchers_cache_evicted: Counter::default(),
+            wal_files_closed: Counter::default(),
+            store_queries_waiting: Gauge::default(),
+            store_queries_running: Gauge::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters itself.
@@ -359,6 +378,48 @@ impl Metrics {
             "Endpoints per hashring",
             m.hashring_nodes.clone(),
         );
+        // Thanos's names for its matcher cache (pkg/store/cache/matchers_cache.go); here the
+        // cache counts slots of compiled program, so max_items is the most small entries held.
+        r.register(
+            "thanos_matchers_cache_requests",
+            "Total number of cache requests for series matchers",
+            m.matchers_cache_requests.clone(),
+        );
+        r.register(
+            "thanos_matchers_cache_hits",
+            "Total number of cache hits for series matchers",
+            m.matchers_cache_hits.clone(),
+        );
+        r.register(
+            "thanos_matchers_cache_items",
+            "Total number of cached items",
+            m.matchers_cache_items.clone(),
+        );
+        r.register(
+            "thanos_matchers_cache_max_items",
+            "Maximum number of items that can be cached",
+            m.matchers_cache_max_items.clone(),
+        );
+        r.register(
+            "thanos_matchers_cache_evicted",
+            "Total number of items evicted from the cache",
+            m.matchers_cache_evicted.clone(),
+        );
+        r.register(
+            "wharf_tsdb_wal_files_closed",
+            "Idle tenants' WAL segment files closed to keep within the bound on open WAL files",
+            m.wal_files_closed.clone(),
+        );
+        r.register(
+            "wharf_store_queries_waiting",
+            "StoreAPI queries waiting for a query slot",
+            m.store_queries_waiting.clone(),
+        );
+        r.register(
+            "wharf_store_queries_running",
+            "StoreAPI queries holding a query slot",
+            m.store_queries_running.clone(),
+        );
         Self { registry: r, ..m }
     }
 
@@ -392,5 +453,64 @@ pub fn float_type(t: &str) -> TenantType {
     TenantType {
         tenant: t.to_string(),
         r#type: "float".into(),
+    }
+}
+
+/// Lets one log line through per period and counts the ones held back, for log lines a sender
+/// can trigger at any rate (refused requests): the first of each period is logged with how many
+/// were dropped since, so a flood costs one line per period, not one per request.
+#[derive(Debug)]
+pub struct LogEvery {
+    period: std::time::Duration,
+    /// Milliseconds since `START` at which the next line may go out.
+    next_ms: std::sync::atomic::AtomicU64,
+    held: std::sync::atomic::AtomicU64,
+}
+
+static START: LazyLock<std::time::Instant> = LazyLock::new(std::time::Instant::now);
+
+impl LogEvery {
+    pub const fn new(period: std::time::Duration) -> Self {
+        Self {
+            period,
+            next_ms: std::sync::atomic::AtomicU64::new(0),
+            held: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when a line may be logged now.
+    pub fn ready(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = u64::try_from(START.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = self.next_ms.load(Relaxed);
+        let period = u64::try_from(self.period.as_millis()).unwrap_or(u64::MAX);
+        if now >= next
+            && self
+                .next_ms
+                .compare_exchange(next, now.saturating_add(period), Relaxed, Relaxed)
+                .is_ok()
+        {
+            return Some(self.held.swap(0, Relaxed));
+        }
+        self.held.fetch_add(1, Relaxed);
+        None
+    }
+}
+
+#[cfg(test)]
+mod log_every_tests {
+    use super::LogEvery;
+    use std::time::Duration;
+
+    #[test]
+    fn one_line_per_period_and_the_rest_counted() {
+        let every = LogEvery::new(Duration::from_secs(3600));
+        assert_eq!(every.ready(), Some(0));
+        for _ in 0..5 {
+            assert_eq!(every.ready(), None);
+        }
+        let open = LogEvery::new(Duration::ZERO);
+        assert_eq!(open.ready(), Some(0));
+        assert_eq!(open.ready(), Some(0));
     }
 }

@@ -13,6 +13,8 @@ pub fn http_status(class: ErrorClass) -> StatusCode {
         ErrorClass::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorClass::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        // No HTTP handler produces it today; 409 is what gRPC-to-HTTP gateways map ABORTED to.
+        ErrorClass::Aborted => StatusCode::CONFLICT,
     }
 }
 
@@ -23,6 +25,7 @@ pub fn grpc_code(class: ErrorClass) -> tonic::Code {
         ErrorClass::PayloadTooLarge | ErrorClass::TooManyRequests => tonic::Code::ResourceExhausted,
         ErrorClass::Unavailable => tonic::Code::Unavailable,
         ErrorClass::Internal => tonic::Code::Internal,
+        ErrorClass::Aborted => tonic::Code::Aborted,
     }
 }
 
@@ -34,7 +37,8 @@ pub fn retry_after(class: ErrorClass) -> Option<&'static str> {
         | ErrorClass::Conflict
         | ErrorClass::PayloadTooLarge
         | ErrorClass::Internal
-        | ErrorClass::UnsupportedMediaType => None,
+        | ErrorClass::UnsupportedMediaType
+        | ErrorClass::Aborted => None,
     }
 }
 

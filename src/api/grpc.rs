@@ -1,17 +1,19 @@
 //! gRPC services: `thanos.info.Info`, `thanos.Store` and `thanos.WriteableStore`.
 
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
+use tokio::sync::Semaphore;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::error::status;
 use crate::ingest::{Ingest, Origin, Outcome};
-use crate::model::{ErrorClass, Labels, MatchType, Matcher, TenantId};
+use crate::model::{shown_bytes, ErrorClass, Labels, MatchType, Matcher, Shown, TenantId};
 use crate::proto::thanos::info::{self as infopb, info_server};
 use crate::proto::thanos::{self as pb, store_server};
 use crate::store::{self, LabelQuery, SeriesQuery, Shard};
+use crate::telemetry::metrics;
 use crate::tsdb::ChunkData;
 
 /// Series frames stay near this many bytes of labels and chunks, splitting long series over
@@ -44,10 +46,14 @@ fn to_pb_labels(l: &Labels) -> Vec<pb::Label> {
         .collect()
 }
 
+/// Builds the request's matchers. Called on the blocking pool only (inside [`QueryGate::run`]):
+/// compiling a large regex takes milliseconds of CPU, which on an async worker would stall
+/// Info, writes and every other request that worker serves.
 fn matchers(ms: &[pb::LabelMatcher]) -> Result<Vec<Matcher>, Status> {
+    let m = metrics();
     ms.iter()
-        .map(|m| {
-            let kind = match pb::label_matcher::Type::try_from(m.r#type) {
+        .map(|pm| {
+            let kind = match pb::label_matcher::Type::try_from(pm.r#type) {
                 Ok(pb::label_matcher::Type::Eq) => MatchType::Equal,
                 Ok(pb::label_matcher::Type::Neq) => MatchType::NotEqual,
                 Ok(pb::label_matcher::Type::Re) => MatchType::Regex,
@@ -55,12 +61,22 @@ fn matchers(ms: &[pb::LabelMatcher]) -> Result<Vec<Matcher>, Status> {
                 Err(_) => {
                     return Err(status(
                         ErrorClass::BadRequest,
-                        format!("unknown matcher type {}", m.r#type),
+                        format!("unknown matcher type {}", pm.r#type),
                     ))
                 }
             };
-            Matcher::new(kind, m.name.clone(), m.value.clone())
-                .map_err(|e| status(ErrorClass::BadRequest, e.to_string()))
+            let (matcher, lookup) = Matcher::cached(kind, pm.name.clone(), pm.value.clone())
+                .map_err(|e| status(ErrorClass::BadRequest, e.to_string()))?;
+            if lookup.requested {
+                m.matchers_cache_requests.inc();
+                if lookup.hit {
+                    m.matchers_cache_hits.inc();
+                }
+                m.matchers_cache_evicted.inc_by(lookup.evicted as u64);
+                m.matchers_cache_items.set(lookup.items as i64);
+                m.matchers_cache_max_items.set(Matcher::CACHE_SLOTS as i64);
+            }
+            Ok(matcher)
         })
         .collect()
 }
@@ -70,9 +86,83 @@ async fn blocking<T: Send + 'static>(
     what: &'static str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        // A panic's message may quote request data.
+        let e = e.to_string();
+        status(
+            ErrorClass::Internal,
+            format!("{what} task failed: {}", Shown(&e)),
+        )
+    })
+}
+
+/// How many StoreAPI queries run at once: one per CPU, at least 2 so that one slow query does
+/// not hold up every other, at most 32. More cannot finish sooner, and the rest of the machine
+/// (Info, writes, their WAL and replication) needs CPU too. Process-wide and not a flag:
+/// `GrpcState` is built by `app`, and Thanos Receive has no such limit to mirror.
+fn query_slots() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 32)
+}
+
+static QUERIES: LazyLock<QueryGate> = LazyLock::new(|| QueryGate::new(query_slots()));
+
+/// Bounds how many StoreAPI queries (matcher compile, selection, frame encoding) run at once on
+/// the blocking pool. The blocking pool itself is no bound (hundreds of threads): without this,
+/// a burst of costly queries takes every core, and the async workers serving Info and writes
+/// wait for CPU. Waiting queries hold no thread, only their request.
+struct QueryGate {
+    slots: Arc<Semaphore>,
+}
+
+/// Keeps a gauge raised for as long as it lives, also when a waiting call is dropped (client
+/// gone) or a query panics.
+struct Raised(&'static prometheus_client::metrics::gauge::Gauge);
+
+impl Raised {
+    fn new(g: &'static prometheus_client::metrics::gauge::Gauge) -> Self {
+        g.inc();
+        Self(g)
+    }
+}
+
+impl Drop for Raised {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl QueryGate {
+    fn new(slots: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(slots)),
+        }
+    }
+
+    /// Runs `f` on the blocking pool once a slot is free; the slot is held until `f` returns,
+    /// even if the caller has gone, so the bound counts work actually running.
+    async fn run<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let m = metrics();
+        let waiting = Raised::new(&m.store_queries_waiting);
+        let permit =
+            self.slots.clone().acquire_owned().await.map_err(|_| {
+                status(ErrorClass::Unavailable, "shutting down: query slots closed")
+            })?;
+        drop(waiting);
+        blocking(what, move || {
+            // Declared after the permit so that it drops first: the gauge never shows a query
+            // that has already handed its slot on.
+            let _permit = permit;
+            let _running = Raised::new(&m.store_queries_running);
+            f()
+        })
         .await
-        .map_err(|e| status(ErrorClass::Internal, format!("{what} task failed: {e}")))
+    }
 }
 
 fn label_query(
@@ -81,6 +171,7 @@ fn label_query(
     ms: &[pb::LabelMatcher],
     without_replica_labels: Vec<String>,
     limit: i64,
+    abort_on_error: bool,
 ) -> Result<LabelQuery, Status> {
     Ok(LabelQuery {
         start,
@@ -88,6 +179,7 @@ fn label_query(
         matchers: matchers(ms)?,
         without_replica_labels,
         limit: usize::try_from(limit).unwrap_or(0),
+        abort_on_error,
     })
 }
 
@@ -101,8 +193,10 @@ impl info_server::Info for GrpcState {
         &self,
         _req: Request<infopb::InfoRequest>,
     ) -> Result<Response<infopb::InfoResponse>, Status> {
-        let ingest = self.ingest()?;
-        let tenants = store::info(ingest.tsdb());
+        let ingest = self.ingest()?.clone();
+        // Not through the query gate, which Info must never queue behind; but on the blocking
+        // pool, because it takes every tenant's lock, which a running query may hold.
+        let tenants = blocking("info", move || store::info(ingest.tsdb())).await?;
         let label_sets: Vec<pb::ZLabelSet> = tenants
             .iter()
             .map(|t| pb::ZLabelSet {
@@ -188,51 +282,34 @@ impl store_server::Store for GrpcState {
     ) -> Result<Response<Self::SeriesStream>, Status> {
         let ingest = self.ingest()?.clone();
         let r = req.into_inner();
-        let q = SeriesQuery {
-            min_time: r.min_time,
-            max_time: r.max_time,
-            matchers: matchers(&r.matchers)?,
-            skip_chunks: r.skip_chunks,
-            without_replica_labels: r.without_replica_labels,
-            limit: usize::try_from(r.limit).unwrap_or(0),
-            shard: r.shard_info.filter(|s| s.total_shards >= 1).map(|s| Shard {
-                index: s.shard_index.max(0) as u64,
-                total: s.total_shards as u64,
-                by: s.by,
-                labels: s.labels,
-            }),
-            abort_on_error: aborts(r.partial_response_disabled, r.partial_response_strategy),
-        };
-        let batch = usize::try_from(r.response_batch_size).unwrap_or(0);
-        let result = blocking("series", move || store::series(ingest.tsdb(), &q))
-            .await?
-            .map_err(|e| status(e.class(), e.to_string()))?;
-        let mut frames: Vec<pb::SeriesResponse> = result
-            .warnings
-            .into_iter()
-            .map(|w| pb::SeriesResponse {
-                result: Some(pb::series_response::Result::Warning(w)),
+        // Everything that costs CPU, from compiling the matchers to hashing the chunks of the
+        // frames, runs inside the gate.
+        let frames = QUERIES
+            .run("series", move || {
+                let q = SeriesQuery {
+                    min_time: r.min_time,
+                    max_time: r.max_time,
+                    matchers: matchers(&r.matchers)?,
+                    skip_chunks: r.skip_chunks,
+                    without_replica_labels: r.without_replica_labels,
+                    limit: usize::try_from(r.limit).unwrap_or(0),
+                    shard: r.shard_info.filter(|s| s.total_shards >= 1).map(|s| Shard {
+                        index: s.shard_index.max(0) as u64,
+                        total: s.total_shards as u64,
+                        by: s.by,
+                        labels: s.labels,
+                    }),
+                    abort_on_error: aborts(
+                        r.partial_response_disabled,
+                        r.partial_response_strategy,
+                    ),
+                };
+                let batch = usize::try_from(r.response_batch_size).unwrap_or(0);
+                let result = store::series(ingest.tsdb(), &q)
+                    .map_err(|e| status(e.class(), e.to_string()))?;
+                Ok::<_, Status>(series_responses(result, batch))
             })
-            .collect();
-        let mut series = Vec::new();
-        for (labels, chunks) in result.series {
-            series_frames(&labels, chunks, &mut series);
-        }
-        if batch > 1 {
-            let mut it = series.into_iter().peekable();
-            while it.peek().is_some() {
-                let chunk: Vec<pb::Series> = it.by_ref().take(batch).collect();
-                frames.push(pb::SeriesResponse {
-                    result: Some(pb::series_response::Result::Batch(pb::SeriesBatch {
-                        series: chunk,
-                    })),
-                });
-            }
-        } else {
-            frames.extend(series.into_iter().map(|s| pb::SeriesResponse {
-                result: Some(pb::series_response::Result::Series(s)),
-            }));
-        }
+            .await??;
         let stream = tokio_stream::iter(frames.into_iter().map(Ok));
         Ok(Response::new(Box::pin(stream)))
     }
@@ -243,14 +320,20 @@ impl store_server::Store for GrpcState {
     ) -> Result<Response<pb::LabelNamesResponse>, Status> {
         let ingest = self.ingest()?.clone();
         let r = req.into_inner();
-        let q = label_query(
-            r.start,
-            r.end,
-            &r.matchers,
-            r.without_replica_labels,
-            r.limit,
-        )?;
-        let r = blocking("label names", move || store::label_names(ingest.tsdb(), &q)).await?;
+        let abort = aborts(r.partial_response_disabled, r.partial_response_strategy);
+        let r = QUERIES
+            .run("label names", move || {
+                let q = label_query(
+                    r.start,
+                    r.end,
+                    &r.matchers,
+                    r.without_replica_labels,
+                    r.limit,
+                    abort,
+                )?;
+                store::label_names(ingest.tsdb(), &q).map_err(|e| status(e.class(), e.to_string()))
+            })
+            .await??;
         Ok(Response::new(pb::LabelNamesResponse {
             names: r.values,
             warnings: r.warnings,
@@ -264,25 +347,58 @@ impl store_server::Store for GrpcState {
     ) -> Result<Response<pb::LabelValuesResponse>, Status> {
         let ingest = self.ingest()?.clone();
         let r = req.into_inner();
-        let q = label_query(
-            r.start,
-            r.end,
-            &r.matchers,
-            r.without_replica_labels,
-            r.limit,
-        )?;
-        let label = r.label;
-        let r = blocking("label values", move || {
-            store::label_values(ingest.tsdb(), &label, &q)
-        })
-        .await?
-        .map_err(|e| status(e.class(), e.to_string()))?;
+        let abort = aborts(r.partial_response_disabled, r.partial_response_strategy);
+        let r = QUERIES
+            .run("label values", move || {
+                let q = label_query(
+                    r.start,
+                    r.end,
+                    &r.matchers,
+                    r.without_replica_labels,
+                    r.limit,
+                    abort,
+                )?;
+                store::label_values(ingest.tsdb(), &r.label, &q)
+                    .map_err(|e| status(e.class(), e.to_string()))
+            })
+            .await??;
         Ok(Response::new(pb::LabelValuesResponse {
             values: r.values,
             warnings: r.warnings,
             hints: None,
         }))
     }
+}
+
+/// The frames of a Series answer: warnings first, then the series, one per frame or in batches.
+fn series_responses(result: store::SeriesResult, batch: usize) -> Vec<pb::SeriesResponse> {
+    let mut frames: Vec<pb::SeriesResponse> = result
+        .warnings
+        .into_iter()
+        .map(|w| pb::SeriesResponse {
+            result: Some(pb::series_response::Result::Warning(w)),
+        })
+        .collect();
+    let mut series = Vec::new();
+    for (labels, chunks) in result.series {
+        series_frames(&labels, chunks, &mut series);
+    }
+    if batch > 1 {
+        let mut it = series.into_iter().peekable();
+        while it.peek().is_some() {
+            let chunk: Vec<pb::Series> = it.by_ref().take(batch).collect();
+            frames.push(pb::SeriesResponse {
+                result: Some(pb::series_response::Result::Batch(pb::SeriesBatch {
+                    series: chunk,
+                })),
+            });
+        }
+    } else {
+        frames.extend(series.into_iter().map(|s| pb::SeriesResponse {
+            result: Some(pb::series_response::Result::Series(s)),
+        }));
+    }
+    frames
 }
 
 /// `thanos.WriteableStore`, served by hand rather than through the generated server: the
@@ -341,7 +457,7 @@ impl tower::Service<tonic::codegen::http::Request<tonic::body::BoxBody>> for Wri
                     Some(other) => {
                         return Err(Status::unimplemented(format!(
                             "grpc-encoding {} is not supported (snappy or identity)",
-                            String::from_utf8_lossy(other)
+                            shown_bytes(other)
                         )))
                     }
                 };
@@ -472,5 +588,65 @@ impl GrpcState {
                 .map_err(|(_, e)| status(e.class(), e.to_string()))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// Queries beyond the gate's slots wait until one ends, then run. Each query blocks until
+    /// released, so with a broken gate the third would run alongside the first two; the pass
+    /// criterion is the highest concurrency seen, never a duration.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_query_gate_holds_the_query_past_its_slots_until_one_ends() {
+        const SLOTS: usize = 2;
+        let gate = Arc::new(QueryGate::new(SLOTS));
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(AtomicBool::new(false));
+        // Released also when an assertion fails: the runtime waits for blocking tasks at drop.
+        struct Release(Arc<AtomicBool>);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let _release_on_exit = Release(release.clone());
+        let mut tasks = Vec::new();
+        for _ in 0..=SLOTS {
+            let (gate, running, most, release) =
+                (gate.clone(), running.clone(), most.clone(), release.clone());
+            tasks.push(tokio::spawn(async move {
+                gate.run("test", move || {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    while !release.load(Ordering::SeqCst) {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    running.fetch_sub(1, Ordering::SeqCst);
+                })
+                .await
+            }));
+        }
+        while running.load(Ordering::SeqCst) < SLOTS {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        // Room for a broken gate to start the third query before the first two end.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(running.load(Ordering::SeqCst), SLOTS, "the third query ran");
+        assert_eq!(gate.slots.available_permits(), 0);
+        release.store(true, Ordering::SeqCst);
+        for t in tasks {
+            t.await.expect("join").expect("query ran");
+        }
+        assert_eq!(most.load(Ordering::SeqCst), SLOTS);
+        assert_eq!(gate.slots.available_permits(), SLOTS);
+    }
+
+    #[test]
+    fn query_slots_leave_room_and_allow_overlap() {
+        assert!((2..=32).contains(&query_slots()));
     }
 }
