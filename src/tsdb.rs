@@ -670,6 +670,8 @@ impl Tsdb {
         };
         let mut deleted = Vec::new();
         for b in doomed {
+            // A query holding the block then reads it as empty instead of failing on its files.
+            b.mark_deleted();
             // Rename first so a crash mid-delete leaves a tmp dir that open() removes.
             let tmp = b.dir().with_extension("tmp-for-deletion");
             std::fs::rename(b.dir(), &tmp).map_err(|source| TsdbError::DeleteBlock {
@@ -687,6 +689,23 @@ impl Tsdb {
 
     pub fn snapshot(&self) -> HeadSnapshot {
         self.inner.lock().snapshot()
+    }
+
+    /// Closes the WAL's segment file, so that an idle tenant holds no descriptor; the next
+    /// append reopens it. Blocking (fdatasyncs what is not yet synced).
+    pub fn release_wal(&self) -> Result<(), TsdbError> {
+        if let Some(w) = self.inner.lock().wal.as_mut() {
+            w.release()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the WAL holds its segment file open. A tenant busy appending or compacting
+    /// counts as open: its lock is not waited for.
+    pub fn wal_is_open(&self) -> bool {
+        self.inner
+            .try_lock()
+            .is_none_or(|i| i.wal.as_ref().is_some_and(|w| w.is_open()))
     }
 
     /// Flushes and fsyncs the WAL and stops accepting appends. Blocking.

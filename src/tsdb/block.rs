@@ -16,6 +16,10 @@
 //! Reading never maps files: the symbol table and the postings offset table are loaded at open;
 //! series entries, postings lists and chunks are fetched with positional reads, and every length
 //! read from disk is checked against the file size before anything is allocated for it.
+//!
+//! An opened [`Block`] holds no file descriptor: each query opens the index (and the chunk
+//! segments it reads) and closes them when it ends. A tenant keeps 15 days of 2h blocks, two
+//! files each, and holding them all open made descriptors, not memory, bound the tenant count.
 
 mod chunks;
 mod enc;
@@ -32,9 +36,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use self::chunks::{ChunkReader, ChunkWriter};
+use self::chunks::{ChunkFiles, ChunkReader, ChunkSegments, ChunkWriter};
 use self::enc::io_err;
-use self::index::{ChunkRef, IndexReader, IndexWriter, Symbols};
+use self::index::{ChunkRef, IndexReader, IndexTables, IndexWriter, SeriesEntry, Symbols};
 use crate::model::{Label, Labels, Matcher};
 use crate::tsdb::chunkenc::ENCODING_XOR;
 use crate::tsdb::ChunkData;
@@ -592,12 +596,41 @@ fn read_tombstones(path: &Path) -> Result<usize, BlockError> {
     Ok(n)
 }
 
-/// An opened block. Safe to share between threads: every read is positional.
+/// An opened block. Safe to share between threads: every read opens its own files.
 pub struct Block {
     dir: PathBuf,
     meta: BlockMeta,
-    index: IndexReader,
-    chunks: ChunkReader,
+    index: IndexTables,
+    chunks: ChunkSegments,
+    /// Set by [`Block::mark_deleted`]: a query that took the block before retention removed
+    /// it may find its files gone, and then reads it as empty rather than failing.
+    deleted: std::sync::atomic::AtomicBool,
+}
+
+/// The files one read of a block uses, closed when it ends.
+struct Reading<'a> {
+    block: &'a Block,
+    index: File,
+    chunks: ChunkFiles,
+}
+
+impl Reading<'_> {
+    fn postings(&self, off: u64) -> Result<Vec<u32>, BlockError> {
+        self.block.index.postings_in(&self.index, off)
+    }
+
+    fn series(&self, id: u32) -> Result<SeriesEntry, BlockError> {
+        self.block.index.series_in(&self.index, id)
+    }
+
+    /// False when retention deleted the block before its chunk files were opened.
+    fn chunks(&self, refs: &[u64], out: &mut Vec<chunks::Record>) -> Result<bool, BlockError> {
+        match self.block.chunks.read_in(&self.chunks, refs, out) {
+            Ok(()) => Ok(true),
+            Err(e) if self.block.gone(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl std::fmt::Debug for Block {
@@ -623,8 +656,8 @@ impl Block {
     /// are read on demand. Blocks with tombstones are refused: nothing here applies deletions.
     pub fn open(dir: &Path) -> Result<Block, BlockError> {
         let meta = read_meta(dir)?;
-        let index = IndexReader::open(&dir.join(INDEX_FILE))?;
-        let chunks = ChunkReader::open(&dir.join(CHUNKS_DIR))?;
+        let index = IndexReader::open(&dir.join(INDEX_FILE))?.into_tables();
+        let chunks = ChunkReader::open(&dir.join(CHUNKS_DIR))?.into_segments();
         let tomb = dir.join(TOMBSTONES_FILE);
         if tomb.exists() && read_tombstones(&tomb)? > 0 {
             return Err(BlockError::Unsupported {
@@ -637,7 +670,33 @@ impl Block {
             meta,
             index,
             chunks,
+            deleted: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Records that retention is about to delete this block's directory.
+    pub fn mark_deleted(&self) {
+        self.deleted
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// A file that vanished because retention deleted the block; anything else is an error.
+    fn gone(&self, e: &BlockError) -> bool {
+        matches!(e, BlockError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+            && self.deleted.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Opens the index for one read; None when retention deleted the block meanwhile.
+    fn reading(&self) -> Result<Option<Reading<'_>>, BlockError> {
+        match self.index.open_file() {
+            Ok(index) => Ok(Some(Reading {
+                block: self,
+                index,
+                chunks: self.chunks.files(),
+            })),
+            Err(e) if self.gone(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn meta(&self) -> &BlockMeta {
@@ -678,10 +737,10 @@ impl Block {
 
     /// Series ids that may match: the intersection of the postings of every matcher that cannot
     /// match an absent label; all series when there is none. Callers still check every matcher.
-    fn candidates(&self, matchers: &[Matcher]) -> Result<Vec<u32>, BlockError> {
+    fn candidates(&self, r: &Reading<'_>, matchers: &[Matcher]) -> Result<Vec<u32>, BlockError> {
         let mut cand: Option<Vec<u32>> = None;
         for m in matchers.iter().filter(|m| !m.matches_empty()) {
-            let ids = self.postings_for(m)?;
+            let ids = self.postings_for(r, m)?;
             let next = match cand {
                 None => ids,
                 Some(c) => super::intersect_postings(&c, &ids),
@@ -693,11 +752,11 @@ impl Block {
         }
         match cand {
             Some(c) => Ok(c),
-            None => self.index.postings(self.index.all_postings),
+            None => r.postings(self.index.all_postings),
         }
     }
 
-    fn postings_for(&self, m: &Matcher) -> Result<Vec<u32>, BlockError> {
+    fn postings_for(&self, r: &Reading<'_>, m: &Matcher) -> Result<Vec<u32>, BlockError> {
         let values = self.index.values_of(&m.name);
         let s = &self.index.symbols;
         let offsets: Vec<u64> = if m.kind == crate::model::MatchType::Equal {
@@ -714,11 +773,11 @@ impl Block {
         };
         match offsets.as_slice() {
             [] => Ok(Vec::new()),
-            [one] => self.index.postings(*one),
+            [one] => r.postings(*one),
             many => {
                 let mut all = Vec::new();
                 for &off in many {
-                    all.extend(self.index.postings(off)?);
+                    all.extend(r.postings(off)?);
                 }
                 all.sort_unstable();
                 all.dedup();
@@ -738,10 +797,13 @@ impl Block {
         skip_chunks: bool,
     ) -> Result<Vec<(Labels, Vec<ChunkData>)>, BlockError> {
         let mut out = Vec::new();
+        let Some(r) = self.reading()? else {
+            return Ok(out);
+        };
         let mut refs = Vec::new();
         let mut records = Vec::new();
-        for id in self.candidates(matchers)? {
-            let s = self.index.series(id)?;
+        for id in self.candidates(&r, matchers)? {
+            let s = r.series(id)?;
             let labels = self.resolve(&s.labels, id)?;
             if !matchers
                 .iter()
@@ -762,7 +824,9 @@ impl Block {
                 refs.clear();
                 refs.extend(hits.iter().map(|c| c.r));
                 records.clear();
-                self.chunks.read(&refs, &mut records)?;
+                if !r.chunks(&refs, &mut records)? {
+                    return Ok(Vec::new());
+                }
                 for (c, rec) in hits.iter().zip(records.drain(..)) {
                     if rec.encoding != ENCODING_XOR {
                         return Err(BlockError::Unsupported {
@@ -797,8 +861,11 @@ impl Block {
                 .collect());
         }
         let mut names = std::collections::BTreeSet::new();
-        for id in self.candidates(matchers)? {
-            let entry = self.index.series(id)?;
+        let Some(r) = self.reading()? else {
+            return Ok(Vec::new());
+        };
+        for id in self.candidates(&r, matchers)? {
+            let entry = r.series(id)?;
             let labels = self.resolve(&entry.labels, id)?;
             if matchers
                 .iter()
@@ -825,8 +892,11 @@ impl Block {
                 .collect());
         }
         let mut values = std::collections::BTreeSet::new();
-        for id in self.candidates(matchers)? {
-            let entry = self.index.series(id)?;
+        let Some(r) = self.reading()? else {
+            return Ok(Vec::new());
+        };
+        for id in self.candidates(&r, matchers)? {
+            let entry = r.series(id)?;
             let labels = self.resolve(&entry.labels, id)?;
             if matchers
                 .iter()

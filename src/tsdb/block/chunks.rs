@@ -147,7 +147,6 @@ impl ChunkWriter {
 pub(super) struct Segment {
     pub name: String,
     pub path: PathBuf,
-    pub file: File,
     pub size: u64,
 }
 
@@ -160,11 +159,33 @@ pub(super) struct Record {
     pub end: u64,
 }
 
+/// The checked segment files of a block, none of them open: a block holds only this, so an
+/// idle block costs no descriptor. Reads take a [`ChunkFiles`] that opens segments as needed.
+#[derive(Debug)]
+pub(super) struct ChunkSegments {
+    dir: PathBuf,
+    pub segments: Vec<Segment>,
+}
+
+/// Descriptors of one read's segments, each opened on first use and closed on drop.
+#[derive(Debug)]
+pub(super) struct ChunkFiles {
+    files: Vec<std::cell::OnceCell<File>>,
+}
+
 /// Opens the segment files of a block and reads records by reference.
 #[derive(Debug)]
 pub(super) struct ChunkReader {
-    dir: PathBuf,
-    pub segments: Vec<Segment>,
+    layout: ChunkSegments,
+    files: ChunkFiles,
+}
+
+impl std::ops::Deref for ChunkReader {
+    type Target = ChunkSegments;
+
+    fn deref(&self) -> &ChunkSegments {
+        &self.layout
+    }
 }
 
 enum Parsed {
@@ -214,6 +235,7 @@ impl ChunkReader {
         }
         found.sort();
         let mut segments = Vec::with_capacity(found.len());
+        let mut files = Vec::with_capacity(found.len());
         for (_, name) in found {
             let path = dir.join(&name);
             let file = File::open(&path).map_err(io_err("open", &path))?;
@@ -241,17 +263,58 @@ impl ChunkReader {
                     format!("unknown chunk segment version {}", h[4]),
                 ));
             }
-            segments.push(Segment {
-                name,
-                path,
-                file,
-                size,
-            });
+            segments.push(Segment { name, path, size });
+            files.push(std::cell::OnceCell::from(file));
         }
         Ok(Self {
-            dir: dir.to_path_buf(),
-            segments,
+            layout: ChunkSegments {
+                dir: dir.to_path_buf(),
+                segments,
+            },
+            files: ChunkFiles { files },
         })
+    }
+
+    /// The checked layout alone; every file is closed.
+    pub(super) fn into_segments(self) -> ChunkSegments {
+        self.layout
+    }
+
+    /// Reads one record exactly.
+    pub(super) fn read_one(&self, r: u64) -> Result<Record, BlockError> {
+        self.layout.read_one_in(&self.files, r)
+    }
+
+    /// See [`ChunkSegments::read_in`].
+    pub(super) fn read(&self, refs: &[u64], out: &mut Vec<Record>) -> Result<(), BlockError> {
+        self.layout.read_in(&self.files, refs, out)
+    }
+}
+
+impl ChunkFiles {
+    fn get<'a>(&'a self, s: &Segment, i: usize) -> Result<&'a File, BlockError> {
+        let cell = self
+            .files
+            .get(i)
+            .ok_or_else(|| corrupt(&s.path, 0, format!("no file slot for segment {i}")))?;
+        if let Some(f) = cell.get() {
+            return Ok(f);
+        }
+        let f = File::open(&s.path).map_err(io_err("open", &s.path))?;
+        Ok(cell.get_or_init(|| f))
+    }
+}
+
+impl ChunkSegments {
+    /// Descriptors for one read, none open yet.
+    pub(super) fn files(&self) -> ChunkFiles {
+        ChunkFiles {
+            files: self
+                .segments
+                .iter()
+                .map(|_| std::cell::OnceCell::new())
+                .collect(),
+        }
     }
 
     fn segment(&self, r: u64) -> Result<(&Segment, u64), BlockError> {
@@ -274,15 +337,11 @@ impl ChunkReader {
     }
 
     /// Reads one record exactly.
-    pub(super) fn read_one(&self, r: u64) -> Result<Record, BlockError> {
+    pub(super) fn read_one_in(&self, files: &ChunkFiles, r: u64) -> Result<Record, BlockError> {
         let (s, off) = self.segment(r)?;
+        let file = files.get(s, split_ref(r).0)?;
         let avail = s.size - off;
-        let head = read_at(
-            &s.file,
-            &s.path,
-            off,
-            avail.min(MAX_LEN_FIELD as u64) as usize,
-        )?;
+        let head = read_at(file, &s.path, off, avail.min(MAX_LEN_FIELD as u64) as usize)?;
         let (len, n) =
             enc::uvarint(&head).ok_or_else(|| corrupt(&s.path, off, "bad chunk length varint"))?;
         let total = (n as u64)
@@ -296,7 +355,7 @@ impl ChunkReader {
                 format!("chunk of {len} bytes overruns the segment"),
             ));
         }
-        let buf = read_at(&s.file, &s.path, off, total as usize)?;
+        let buf = read_at(file, &s.path, off, total as usize)?;
         match parse_record(&buf).map_err(|e| corrupt(&s.path, off, e))? {
             Parsed::Complete(encoding, data, total) => Ok(Record {
                 encoding,
@@ -309,7 +368,12 @@ impl ChunkReader {
 
     /// Reads the records of `refs` (typically one series' chunks, which lie back to back) with
     /// as few positional reads as possible, appending them to `out` in order.
-    pub(super) fn read(&self, refs: &[u64], out: &mut Vec<Record>) -> Result<(), BlockError> {
+    pub(super) fn read_in(
+        &self,
+        files: &ChunkFiles,
+        refs: &[u64],
+        out: &mut Vec<Record>,
+    ) -> Result<(), BlockError> {
         let mut i = 0;
         while i < refs.len() {
             let (s, start) = self.segment(refs[i])?;
@@ -325,7 +389,8 @@ impl ChunkReader {
             }
             let end = s.size.min(last + TAIL_GUESS);
             let mut buf = vec![0u8; (end - start) as usize];
-            s.file
+            files
+                .get(s, seg)?
                 .read_exact_at(&mut buf, start)
                 .map_err(io_err("read", &s.path))?;
             for &r in &refs[i..j] {
@@ -338,7 +403,7 @@ impl ChunkReader {
                         data: buf[rel + data.start..rel + data.end].to_vec(),
                         end: start + (rel + total) as u64,
                     }),
-                    Parsed::Incomplete => out.push(self.read_one(r)?),
+                    Parsed::Incomplete => out.push(self.read_one_in(files, r)?),
                 }
             }
             i = j;

@@ -3,8 +3,8 @@
 //!
 //! The writer streams series entries straight to the file and keeps only what the postings need
 //! (one `(name, value, series)` triple of symbol ids per label). The reader keeps the symbol table
-//! and the postings offset table in memory and reads series entries and postings lists with
-//! positional reads.
+//! and the postings offset table in memory ([`IndexTables`], which is all a block holds) and
+//! reads series entries and postings lists with positional reads from a file opened per read.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -425,11 +425,11 @@ struct NameEntry {
     values: Range<usize>,
 }
 
-/// Reads an index: symbols and the postings offset table at open, the rest on demand.
+/// What an opened index keeps in memory: everything but the file. A block holds only this,
+/// so that an idle block costs no descriptor; each read opens the file ([`IndexTables::open_file`]).
 #[derive(Debug)]
-pub(super) struct IndexReader {
+pub(super) struct IndexTables {
     path: PathBuf,
-    file: File,
     pub toc: Toc,
     pub symbols: Symbols,
     /// End of the symbol table's CRC.
@@ -441,6 +441,21 @@ pub(super) struct IndexReader {
     values: Vec<(u32, u64)>,
     /// Series entries lie in `[toc.series, series_end)`.
     pub series_end: u64,
+}
+
+/// Reads an index: symbols and the postings offset table at open, the rest on demand.
+#[derive(Debug)]
+pub(super) struct IndexReader {
+    tables: IndexTables,
+    file: File,
+}
+
+impl std::ops::Deref for IndexReader {
+    type Target = IndexTables;
+
+    fn deref(&self) -> &IndexTables {
+        &self.tables
+    }
 }
 
 impl IndexReader {
@@ -489,9 +504,8 @@ impl IndexReader {
                 format!("TOC sections out of order: {toc:?}"),
             ));
         }
-        let mut r = Self {
+        let mut r = IndexTables {
             path: path.to_path_buf(),
-            file,
             toc,
             symbols: Symbols::default(),
             symbols_end: 0,
@@ -500,17 +514,45 @@ impl IndexReader {
             values: Vec::new(),
             series_end,
         };
-        let (body, end) = r.section(toc.symbols, toc_at, "symbol table")?;
+        let (body, end) = r.section(&file, toc.symbols, toc_at, "symbol table")?;
         r.symbols_end = end;
         r.symbols = r.decode_symbols(&body, toc.symbols + 4)?;
-        let (body, _) = r.section(toc.postings_table, toc_at, "postings offset table")?;
+        let (body, _) = r.section(&file, toc.postings_table, toc_at, "postings offset table")?;
         r.decode_table(&body, toc.postings_table + 4)?;
-        Ok(r)
+        Ok(Self { tables: r, file })
+    }
+
+    /// The tables alone; the file is closed.
+    pub(super) fn into_tables(self) -> IndexTables {
+        self.tables
+    }
+
+    pub(super) fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Reads the postings list at `off`: series ids, checked ascending.
+    pub(super) fn postings(&self, off: u64) -> Result<Vec<u32>, BlockError> {
+        self.tables.postings_in(&self.file, off)
+    }
+}
+
+impl IndexTables {
+    /// Opens the index file again for reads. Blocks are immutable, so the tables read at open
+    /// still describe it.
+    pub(super) fn open_file(&self) -> Result<File, BlockError> {
+        File::open(&self.path).map_err(io_err("open", &self.path))
     }
 
     /// Reads a `len | body | crc` section at `off` that must end by `limit`; returns the
     /// verified body and the offset just past the CRC.
-    fn section(&self, off: u64, limit: u64, what: &str) -> Result<(Vec<u8>, u64), BlockError> {
+    fn section(
+        &self,
+        file: &File,
+        off: u64,
+        limit: u64,
+        what: &str,
+    ) -> Result<(Vec<u8>, u64), BlockError> {
         if off + 4 > limit {
             return Err(corrupt(
                 &self.path,
@@ -518,7 +560,7 @@ impl IndexReader {
                 format!("{what} starts past its bounds"),
             ));
         }
-        let len = enc::be32(&read_at(&self.file, &self.path, off, 4)?).unwrap_or_default() as u64;
+        let len = enc::be32(&read_at(file, &self.path, off, 4)?).unwrap_or_default() as u64;
         let end = off + 4 + len + 4;
         if end > limit {
             return Err(corrupt(
@@ -527,7 +569,7 @@ impl IndexReader {
                 format!("{what} of {len} bytes overruns its bounds ({limit})"),
             ));
         }
-        let mut b = read_at(&self.file, &self.path, off + 4, len as usize + 4)?;
+        let mut b = read_at(file, &self.path, off + 4, len as usize + 4)?;
         let stored = enc::be32(&b[len as usize..]).unwrap_or_default();
         b.truncate(len as usize);
         if enc::crc(&b) != stored {
@@ -643,10 +685,6 @@ impl IndexReader {
         &self.path
     }
 
-    pub(super) fn file(&self) -> &File {
-        &self.file
-    }
-
     /// Label names of the postings offset table, ascending, without the all-postings key.
     pub(super) fn label_names(&self) -> impl Iterator<Item = u32> + '_ {
         self.names.iter().map(|e| e.name)
@@ -672,9 +710,9 @@ impl IndexReader {
         })
     }
 
-    /// Reads the postings list at `off`: series ids, checked ascending.
-    pub(super) fn postings(&self, off: u64) -> Result<Vec<u32>, BlockError> {
-        let (body, _) = self.section(off, self.toc.postings_table, "postings list")?;
+    /// Reads the postings list at `off` from `file`: series ids, checked ascending.
+    pub(super) fn postings_in(&self, file: &File, off: u64) -> Result<Vec<u32>, BlockError> {
+        let (body, _) = self.section(file, off, self.toc.postings_table, "postings list")?;
         let mut d = Dec::new(&body, off + 4, &self.path);
         let n = d.be32("postings count")? as usize;
         if d.remaining() != 4 * n {
@@ -695,8 +733,8 @@ impl IndexReader {
         Ok(ids)
     }
 
-    /// Reads and checks the series entry with this id (its offset / 16).
-    pub(super) fn series(&self, id: u32) -> Result<SeriesEntry, BlockError> {
+    /// Reads and checks the series entry with this id (its offset / 16) from `file`.
+    pub(super) fn series_in(&self, file: &File, id: u32) -> Result<SeriesEntry, BlockError> {
         let off = u64::from(id) * SERIES_ALIGN;
         if off < self.toc.series || off >= self.series_end {
             return Err(corrupt(
@@ -706,12 +744,7 @@ impl IndexReader {
             ));
         }
         let avail = self.series_end - off;
-        let mut buf = read_at(
-            &self.file,
-            &self.path,
-            off,
-            avail.min(SERIES_READ_GUESS) as usize,
-        )?;
+        let mut buf = read_at(file, &self.path, off, avail.min(SERIES_READ_GUESS) as usize)?;
         let (len, n) = enc::uvarint(&buf)
             .ok_or_else(|| corrupt(&self.path, off, "series entry length: bad varint"))?;
         let total = (n as u64).saturating_add(len).saturating_add(4);
@@ -723,7 +756,7 @@ impl IndexReader {
             ));
         }
         if total as usize > buf.len() {
-            buf = read_at(&self.file, &self.path, off, total as usize)?;
+            buf = read_at(file, &self.path, off, total as usize)?;
         }
         let body = &buf[n..n + len as usize];
         let stored = enc::be32(&buf[n + len as usize..]).unwrap_or_default();
