@@ -4,3 +4,4 @@
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod serve;

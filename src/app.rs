@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::grpc::{GrpcState, WriteableStoreService};
 use crate::api::http::{self, HttpOptions, HttpState};
+use crate::api::serve;
 use crate::config::{HashringSource, ReceiveConfig, RoutingConfig};
 use crate::hashring::{Algorithm, Hashrings};
 use crate::ingest::{Ingest, Routing};
@@ -378,37 +379,31 @@ async fn run(
     shipper: Option<Arc<Shipper>>,
     rx: watch::Receiver<bool>,
 ) -> Result<(), AppError> {
-    let rw_srv = tokio::spawn({
-        let rx = rx.clone();
-        let app = http::remote_write_router(http_state.clone());
-        async move {
-            axum::serve(rw, app)
-                .with_graceful_shutdown(stopped(rx))
-                .await
-        }
-    });
-    let ops_srv = tokio::spawn({
-        let rx = rx.clone();
-        let app = http::ops_router(http_state);
-        async move {
-            axum::serve(ops, app)
-                .with_graceful_shutdown(stopped(rx))
-                .await
-        }
-    });
+    let incoming = serve::grpc_incoming(grpc, &cfg.grpc_serve)
+        .map_err(|e| AppError::Server(format!("grpc listener: {e}")))?;
+    let rw_srv = tokio::spawn(serve::serve_http(
+        "remote-write",
+        rw,
+        http::remote_write_router(http_state.clone()),
+        cfg.remote_write_serve.clone(),
+        rx.clone(),
+    ));
+    let ops_srv = tokio::spawn(serve::serve_http(
+        "http",
+        ops,
+        http::ops_router(http_state),
+        cfg.http_serve.clone(),
+        rx.clone(),
+    ));
     let grpc_srv = tokio::spawn({
         let rx = rx.clone();
-        // Without TCP_NODELAY, HTTP/2's small frames wait on delayed ACKs: ~40 ms per forward.
-        let incoming = tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc),
-            |conn| {
-                conn.inspect(|s| {
-                    let _ = s.set_nodelay(true);
-                })
-            },
-        );
+        let g = cfg.grpc_serve.clone();
         async move {
             tonic::transport::Server::builder()
+                // Finds peers that vanished without a FIN (a node power-cycled, a NAT dropping
+                // the flow) while no call is running; the TCP keepalive is set by `gated`.
+                .http2_keepalive_interval(g.keepalive_interval)
+                .http2_keepalive_timeout(Some(g.keepalive_timeout))
                 // Thanos routers compress forwarded writes with snappy by default.
                 .layer(AcceptSnappyLayer {
                     limit: MAX_GRPC_REQUEST_BYTES,

@@ -216,7 +216,8 @@ pub struct ReceiveArgs {
         default_value = "2h"
     )]
     pub max_block_duration: String,
-    /// How long local blocks are kept (blocks are not cut yet, so nothing is deleted).
+    /// How long local blocks are kept, counted back from the newest sample (or the wall clock,
+    /// if that is earlier); 0s keeps them forever.
     #[arg(
         long = "tsdb.retention",
         env = "WHARF_TSDB_RETENTION",
@@ -270,6 +271,128 @@ pub struct ReceiveArgs {
     /// WAL segment size in bytes (a multiple of 32 KiB).
     #[arg(long = "tsdb.wal-segment-size", env = "WHARF_TSDB_WAL_SEGMENT_SIZE", default_value_t = 128 << 20, hide = true)]
     pub wal_segment_size: u64,
+    /// Most tenants this node creates on write; a write for a new tenant past it is answered
+    /// 503 with Retry-After. Tenants found on disk at start are always opened. 0: no limit.
+    #[arg(
+        long = "tsdb.max-tenants",
+        env = "WHARF_TSDB_MAX_TENANTS",
+        default_value_t = 10_000
+    )]
+    pub max_tenants: usize,
+    /// Most tenant WAL segment files open at once; past it the least recently written
+    /// tenants' files are closed, and reopened on their next write. 0: half the open-files
+    /// limit (RLIMIT_NOFILE, raised to its hard limit at start).
+    #[arg(
+        long = "tsdb.max-open-wal-files",
+        env = "WHARF_TSDB_MAX_OPEN_WAL_FILES",
+        default_value_t = 0
+    )]
+    pub max_open_wals: usize,
+    // Connection limits: Wharf's own (Thanos, like Go's net/http defaults, sets none). A zero
+    // duration turns that limit off.
+    /// Close a remote-write connection whose request head is not complete this long after its
+    /// first byte (or after accept); 0s: never.
+    #[arg(
+        long = "remote-write.server-header-timeout",
+        env = "WHARF_REMOTE_WRITE_SERVER_HEADER_TIMEOUT",
+        default_value = "10s",
+        help_heading = "Connection limits"
+    )]
+    pub rw_header_timeout: String,
+    /// Close a keep-alive remote-write connection that waits this long for its next request (or
+    /// stalls this long taking a response); 0s: never.
+    #[arg(
+        long = "remote-write.server-idle-timeout",
+        env = "WHARF_REMOTE_WRITE_SERVER_IDLE_TIMEOUT",
+        default_value = "2m",
+        help_heading = "Connection limits"
+    )]
+    pub rw_idle_timeout: String,
+    /// Longest pause inside a remote-write body; a body must also be complete within this plus
+    /// 1s per --remote-write.server-body-min-rate bytes. A cut body's connection is closed
+    /// unanswered (Prometheus retries). 0s: no body limit.
+    #[arg(
+        long = "remote-write.server-body-timeout",
+        env = "WHARF_REMOTE_WRITE_SERVER_BODY_TIMEOUT",
+        default_value = "10s",
+        help_heading = "Connection limits"
+    )]
+    pub rw_body_timeout: String,
+    /// Bytes per second a remote-write body must average beyond
+    /// --remote-write.server-body-timeout (0: that timeout alone).
+    #[arg(
+        long = "remote-write.server-body-min-rate",
+        env = "WHARF_REMOTE_WRITE_SERVER_BODY_MIN_RATE",
+        default_value_t = 16384,
+        help_heading = "Connection limits"
+    )]
+    pub rw_body_min_rate: u64,
+    /// Remote-write connections served at once; more wait in the listen backlog until one
+    /// closes.
+    #[arg(
+        long = "remote-write.server-max-connections",
+        env = "WHARF_REMOTE_WRITE_SERVER_MAX_CONNECTIONS",
+        default_value_t = 4096,
+        help_heading = "Connection limits"
+    )]
+    pub rw_max_connections: usize,
+    /// Like --remote-write.server-header-timeout, for the ops port (--http-address).
+    #[arg(
+        long = "http.server-header-timeout",
+        env = "WHARF_HTTP_SERVER_HEADER_TIMEOUT",
+        default_value = "10s",
+        help_heading = "Connection limits"
+    )]
+    pub http_header_timeout: String,
+    /// Like --remote-write.server-idle-timeout, for the ops port.
+    #[arg(
+        long = "http.server-idle-timeout",
+        env = "WHARF_HTTP_SERVER_IDLE_TIMEOUT",
+        default_value = "2m",
+        help_heading = "Connection limits"
+    )]
+    pub http_idle_timeout: String,
+    /// Ops-port connections served at once; more wait in the listen backlog until one closes.
+    #[arg(
+        long = "http.server-max-connections",
+        env = "WHARF_HTTP_SERVER_MAX_CONNECTIONS",
+        default_value_t = 256,
+        help_heading = "Connection limits"
+    )]
+    pub http_max_connections: usize,
+    /// gRPC connections served at once; more wait in the listen backlog until one closes.
+    #[arg(
+        long = "grpc-server-max-connections",
+        env = "WHARF_GRPC_SERVER_MAX_CONNECTIONS",
+        default_value_t = 4096,
+        help_heading = "Connection limits"
+    )]
+    pub grpc_max_connections: usize,
+    /// Send an HTTP/2 PING on a gRPC connection silent this long (0s: never).
+    #[arg(
+        long = "grpc-server-keepalive-interval",
+        env = "WHARF_GRPC_SERVER_KEEPALIVE_INTERVAL",
+        default_value = "1m",
+        help_heading = "Connection limits"
+    )]
+    pub grpc_keepalive_interval: String,
+    /// Close a gRPC connection whose PING is not acknowledged within this.
+    #[arg(
+        long = "grpc-server-keepalive-timeout",
+        env = "WHARF_GRPC_SERVER_KEEPALIVE_TIMEOUT",
+        default_value = "20s",
+        help_heading = "Connection limits"
+    )]
+    pub grpc_keepalive_timeout: String,
+    /// Close a gRPC connection whose HTTP/2 preface has not arrived this long after accept (0s:
+    /// never; grpc-go, under Thanos, allows 120s).
+    #[arg(
+        long = "grpc-server-handshake-timeout",
+        env = "WHARF_GRPC_SERVER_HANDSHAKE_TIMEOUT",
+        default_value = "10s",
+        help_heading = "Connection limits"
+    )]
+    pub grpc_handshake_timeout: String,
 }
 
 /// What a Thanos flag Wharf does not implement yet does when given.
@@ -499,6 +622,17 @@ pub struct ReceiveConfig {
     pub shipper_sync_interval: Duration,
     /// Hashring routing; none on a single node.
     pub routing: Option<RoutingConfig>,
+    /// Connection limits of the remote-write, ops and gRPC listeners.
+    pub remote_write_serve: crate::api::serve::ServeOptions,
+    pub http_serve: crate::api::serve::ServeOptions,
+    pub grpc_serve: crate::api::serve::GrpcServeOptions,
+}
+
+/// Half the process's open-files limit for WAL files, the rest left to connections, block
+/// reads and compaction; at least 8.
+fn default_open_wals() -> usize {
+    let (soft, _) = rlimit::Resource::NOFILE.get().unwrap_or((1024, 1024));
+    usize::try_from(soft / 2).unwrap_or(usize::MAX).max(8)
 }
 
 impl ReceiveArgs {
@@ -565,6 +699,7 @@ impl ReceiveArgs {
             &self.too_far_in_future,
         )?;
         let routing = self.routing()?;
+        let (remote_write_serve, http_serve, grpc_serve) = self.serve_options()?;
         let grace = parse_duration("http-grace-period", &self.http_grace_period)?.max(
             parse_duration("grpc-grace-period", &self.grpc_grace_period)?,
         );
@@ -612,6 +747,11 @@ impl ReceiveArgs {
             default_tenant,
             retention_ms: i64::try_from(retention.as_millis()).unwrap_or(i64::MAX),
             keep_blocks: objstore_configured,
+            max_tenants: self.max_tenants,
+            max_open_wals: match self.max_open_wals {
+                0 => default_open_wals(),
+                n => n,
+            },
         };
         multitsdb.validate().map_err(|e| ConfigError::Invalid {
             flag: "tsdb.*",
@@ -630,7 +770,78 @@ impl ReceiveArgs {
             objstore,
             shipper_sync_interval,
             routing,
+            remote_write_serve,
+            http_serve,
+            grpc_serve,
         })
+    }
+
+    fn serve_options(
+        &self,
+    ) -> Result<
+        (
+            crate::api::serve::ServeOptions,
+            crate::api::serve::ServeOptions,
+            crate::api::serve::GrpcServeOptions,
+        ),
+        ConfigError,
+    > {
+        use crate::api::serve::{GrpcServeOptions, ServeOptions};
+        let rw = ServeOptions {
+            header_timeout: parse_duration(
+                "remote-write.server-header-timeout",
+                &self.rw_header_timeout,
+            )?,
+            idle_timeout: parse_duration(
+                "remote-write.server-idle-timeout",
+                &self.rw_idle_timeout,
+            )?,
+            body_timeout: parse_duration(
+                "remote-write.server-body-timeout",
+                &self.rw_body_timeout,
+            )?,
+            body_min_rate: self.rw_body_min_rate,
+            max_connections: self.rw_max_connections,
+        };
+        rw.validate().map_err(|reason| ConfigError::Invalid {
+            flag: "remote-write.server-max-connections",
+            reason,
+        })?;
+        // The ops port takes no request bodies worth tuning; it keeps the default body limit.
+        let ops = ServeOptions {
+            header_timeout: parse_duration(
+                "http.server-header-timeout",
+                &self.http_header_timeout,
+            )?,
+            idle_timeout: parse_duration("http.server-idle-timeout", &self.http_idle_timeout)?,
+            max_connections: self.http_max_connections,
+            ..ServeOptions::default()
+        };
+        ops.validate().map_err(|reason| ConfigError::Invalid {
+            flag: "http.server-max-connections",
+            reason,
+        })?;
+        let interval = parse_duration(
+            "grpc-server-keepalive-interval",
+            &self.grpc_keepalive_interval,
+        )?;
+        let grpc = GrpcServeOptions {
+            max_connections: self.grpc_max_connections,
+            keepalive_interval: Some(interval).filter(|d| !d.is_zero()),
+            keepalive_timeout: parse_duration(
+                "grpc-server-keepalive-timeout",
+                &self.grpc_keepalive_timeout,
+            )?,
+            handshake_timeout: parse_duration(
+                "grpc-server-handshake-timeout",
+                &self.grpc_handshake_timeout,
+            )?,
+        };
+        grpc.validate().map_err(|reason| ConfigError::Invalid {
+            flag: "grpc-server-max-connections",
+            reason,
+        })?;
+        Ok((rw, ops, grpc))
     }
 
     fn routing(&self) -> Result<Option<RoutingConfig>, ConfigError> {
