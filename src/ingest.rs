@@ -70,9 +70,8 @@ impl IngestError {
                 ErrorClass::BadRequest
             }
             IngestError::Conflict { .. } => ErrorClass::Conflict,
-            IngestError::NotReady | IngestError::Storage(MultiTsdbError::Closed) => {
-                ErrorClass::Unavailable
-            }
+            IngestError::NotReady => ErrorClass::Unavailable,
+            IngestError::Storage(e) if e.is_unavailable() => ErrorClass::Unavailable,
             IngestError::BadReplica { .. } => ErrorClass::BadRequest,
             IngestError::Quorum { class, .. } => *class,
             IngestError::Placement { .. } | IngestError::Storage(_) => ErrorClass::Internal,

@@ -7,6 +7,7 @@ fn main() -> anyhow::Result<()> {
         Err(e) => e.exit(),
     };
     wharf::logging::init(&cli.log_level, cli.log_format).context("set up logging")?;
+    raise_open_files_limit();
     match cli.command {
         Commands::Tools(Tools::VerifyBlock { dirs }) => verify_blocks(&dirs),
         Commands::Receive(args) => {
@@ -32,6 +33,17 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit, as Prometheus and Go programs do: each
+/// tenant can hold a WAL file, and the soft default (often 1024) would bound tenants and
+/// connections long before memory does. Before the configuration is read, which sizes the
+/// bound on open WAL files from the limit.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
     }
 }
 

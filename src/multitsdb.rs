@@ -3,9 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::model::{Label, Labels, TenantId};
 use crate::remote_write::WriteBatch;
@@ -23,6 +24,10 @@ pub enum MultiTsdbError {
     },
     #[error("shutting down")]
     Closed,
+    /// A new tenant past `--tsdb.max-tenants`: another node (or a later retry, once idle
+    /// tenants are pruned) may take it.
+    #[error("tenant {tenant}: this node already holds its limit of {limit} tenants (--tsdb.max-tenants)")]
+    TenantLimit { tenant: TenantId, limit: usize },
 }
 
 impl MultiTsdbError {
@@ -37,7 +42,30 @@ impl MultiTsdbError {
                 }
         )
     }
+
+    /// Whether the failure is a passing lack of resources that a retry may not meet: shutting
+    /// down, the tenant limit, or the process or system out of file descriptors.
+    pub fn is_unavailable(&self) -> bool {
+        if self.is_closed() || matches!(self, MultiTsdbError::TenantLimit { .. }) {
+            return true;
+        }
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if matches!(io.raw_os_error(), Some(EMFILE | ENFILE)) {
+                    return true;
+                }
+            }
+            cause = e.source();
+        }
+        false
+    }
 }
+
+/// errno values of Linux (and every other Unix Wharf builds on) for "too many open files" in
+/// the process and in the system.
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -54,6 +82,12 @@ pub struct Options {
     pub retention_ms: i64,
     /// Object storage is configured: retention deletes only blocks already uploaded.
     pub keep_blocks: bool,
+    /// `--tsdb.max-tenants`: tenants this node creates on write; 0 is no limit. Tenants found
+    /// on disk at start are always opened.
+    pub max_tenants: usize,
+    /// WAL segment files held open at once; past it the least recently written tenants'
+    /// files are closed (and reopened on their next write).
+    pub max_open_wals: usize,
 }
 
 impl Options {
@@ -61,6 +95,11 @@ impl Options {
         if self.tenant_label.is_empty() {
             return Err(TsdbError::Config(
                 "tenant label name must not be empty".into(),
+            ));
+        }
+        if self.max_open_wals == 0 {
+            return Err(TsdbError::Config(
+                "at least one WAL file must be allowed open".into(),
             ));
         }
         self.tsdb.validate()
@@ -74,6 +113,8 @@ pub struct TenantDb {
     /// Changes when the hashring's `external_labels` for the tenant do.
     labels: RwLock<Labels>,
     pub db: Tsdb,
+    /// [`MultiTsdb::tick`] at the tenant's last write: which WAL files to close first.
+    last_write: AtomicU64,
 }
 
 impl TenantDb {
@@ -90,6 +131,10 @@ pub struct MultiTsdb {
     ring_labels: RwLock<HashMap<String, BTreeMap<String, String>>>,
     tenants: RwLock<BTreeMap<TenantId, Arc<TenantDb>>>,
     closed: RwLock<bool>,
+    /// Counts writes, to order tenants by recency without reading the clock.
+    tick: AtomicU64,
+    /// One pass at a time closes WAL files, so that two do not both close the same ones.
+    closing_wals: Mutex<()>,
 }
 
 impl MultiTsdb {
@@ -105,6 +150,8 @@ impl MultiTsdb {
             ring_labels: RwLock::new(HashMap::new()),
             tenants: RwLock::new(BTreeMap::new()),
             closed: RwLock::new(false),
+            tick: AtomicU64::new(0),
+            closing_wals: Mutex::new(()),
         };
         let entries = std::fs::read_dir(&dir).map_err(|source| MultiTsdbError::List {
             dir: dir.clone(),
@@ -130,7 +177,23 @@ impl MultiTsdb {
         }
         names.push(this.opts.default_tenant.clone());
         for t in names {
-            this.get_or_open(&t)?;
+            // Not bounded per tenant as a write is (a scan of all tenants each): a tenant past
+            // the bound closes its file at once.
+            let db = this.open_tenant(&t, false)?;
+            if this.num_tenants() > this.opts.max_open_wals {
+                db.db
+                    .release_wal()
+                    .map_err(|source| MultiTsdbError::Tenant { tenant: t, source })?;
+            }
+        }
+        if let Some(limit) =
+            Some(this.opts.max_tenants).filter(|&l| l > 0 && this.num_tenants() > l)
+        {
+            tracing::warn!(
+                tenants = this.num_tenants(),
+                limit,
+                "more tenants on disk than --tsdb.max-tenants; all are open, new ones are refused"
+            );
         }
         Ok(this)
     }
@@ -162,6 +225,15 @@ impl MultiTsdb {
 
     /// Returns the tenant's database, creating it on first use. Blocking (may replay a WAL).
     pub fn get_or_open(&self, tenant: &TenantId) -> Result<Arc<TenantDb>, MultiTsdbError> {
+        self.open_tenant(tenant, true)
+    }
+
+    /// Tenants open now.
+    pub fn num_tenants(&self) -> usize {
+        self.tenants.read().len()
+    }
+
+    fn open_tenant(&self, tenant: &TenantId, new: bool) -> Result<Arc<TenantDb>, MultiTsdbError> {
         if let Some(db) = self.tenants.read().get(tenant) {
             return Ok(db.clone());
         }
@@ -171,6 +243,13 @@ impl MultiTsdb {
         }
         if let Some(db) = tenants.get(tenant) {
             return Ok(db.clone());
+        }
+        let limit = self.opts.max_tenants;
+        if new && limit > 0 && tenants.len() >= limit {
+            return Err(MultiTsdbError::TenantLimit {
+                tenant: tenant.clone(),
+                limit,
+            });
         }
         let dir = self.opts.path.join(tenant.as_str());
         let (db, stats) =
@@ -193,6 +272,7 @@ impl MultiTsdb {
             tenant: tenant.clone(),
             labels: RwLock::new(self.external_labels(tenant)),
             db,
+            last_write: AtomicU64::new(self.tick.fetch_add(1, Ordering::Relaxed)),
         });
         update_head_metrics(tenant, &entry.db.snapshot());
         metrics()
@@ -200,7 +280,41 @@ impl MultiTsdb {
             .get_or_create(&tl)
             .set(entry.db.num_blocks() as i64);
         tenants.insert(tenant.clone(), entry.clone());
+        drop(tenants);
+        if new {
+            self.bound_open_wals(Some(tenant));
+        }
         Ok(entry)
+    }
+
+    /// Closes the WAL files of the least recently written tenants until at most
+    /// `max_open_wals` are open, never `keep`'s (the tenant being written). Each tenant
+    /// otherwise holds its segment file for good, and descriptors, not memory, would bound how
+    /// many tenants a node can hold. Called when a WAL may have opened its file: a tenant
+    /// opened, a released WAL written again, a compaction pass.
+    fn bound_open_wals(&self, keep: Option<&TenantId>) {
+        let _one_pass = self.closing_wals.lock();
+        let mut open: Vec<(u64, Arc<TenantDb>)> = self
+            .tenants()
+            .into_iter()
+            .filter(|t| t.db.wal_is_open())
+            .map(|t| (t.last_write.load(Ordering::Relaxed), t))
+            .collect();
+        let Some(excess) = open.len().checked_sub(self.opts.max_open_wals) else {
+            return;
+        };
+        open.retain(|(_, t)| Some(&t.tenant) != keep);
+        open.sort_unstable_by_key(|(at, _)| *at);
+        for (_, t) in open.into_iter().take(excess) {
+            if let Err(e) = t.db.release_wal() {
+                metrics()
+                    .wal_writes_failed
+                    .get_or_create(&telemetry::tenant(t.tenant.as_str()))
+                    .inc();
+                tracing::warn!(tenant = %t.tenant, error = %e, "closing an idle tenant's WAL file failed");
+            }
+        }
+        metrics().wal_files_closed.inc_by(excess as u64);
     }
 
     /// Appends a batch to a tenant, opening it if needed. Blocking.
@@ -210,7 +324,14 @@ impl MultiTsdb {
         batch: &WriteBatch<'_>,
     ) -> Result<AppendResult, MultiTsdbError> {
         let t = self.get_or_open(tenant)?;
-        let res = t.db.append(batch).map_err(|source| {
+        t.last_write
+            .store(self.tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        let was_open = t.db.wal_is_open();
+        let res = t.db.append(batch);
+        if !was_open {
+            self.bound_open_wals(Some(tenant));
+        }
+        let res = res.map_err(|source| {
             metrics()
                 .wal_writes_failed
                 .get_or_create(&telemetry::tenant(tenant.as_str()))
@@ -309,6 +430,8 @@ impl MultiTsdb {
                 .set(t.db.num_blocks() as i64);
             update_head_metrics(&t.tenant, &t.db.snapshot());
         }
+        // Cutting a block checkpoints the WAL, which reopens a closed segment file.
+        self.bound_open_wals(None);
         cut
     }
 
@@ -361,3 +484,6 @@ fn update_head_metrics(tenant: &TenantId, h: &HeadSnapshot) {
         m.head_max_time.get_or_create(&tl).set(hi);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,7 +2,7 @@
 //! (`/metrics`, `/-/ready`, `/-/healthy`).
 
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -15,7 +15,7 @@ use super::error::{http_status, retry_after};
 use crate::ingest::{Ingest, IngestError, Origin, Outcome, WriteSummary};
 use crate::model::{ErrorClass, TenantId};
 use crate::remote_write;
-use crate::telemetry::{metrics, CodeTenant, HttpLabels};
+use crate::telemetry::{metrics, CodeTenant, HttpLabels, LogEvery};
 
 /// The header Thanos always falls back to when the configured tenant header is absent.
 const THANOS_TENANT_HEADER: &str = "thanos-tenant";
@@ -113,10 +113,16 @@ async fn receive(State(st): State<HttpState>, headers: HeaderMap, body: Body) ->
         Ok(()) => (StatusCode::OK, StatusCode::OK.into_response()),
         Err(f) => {
             let status = http_status(f.class);
+            // Rate-limited: a sender decides how often these happen. The request metrics below
+            // count every one.
+            static FAILED: LogEvery = LogEvery::new(Duration::from_secs(1));
+            static REFUSED: LogEvery = LogEvery::new(Duration::from_secs(10));
             if matches!(f.class, ErrorClass::Internal) {
-                tracing::error!(tenant = %tenant_raw, error = %f.msg, "remote write failed");
-            } else {
-                tracing::debug!(tenant = %tenant_raw, status = status.as_u16(), error = %f.msg, "remote write rejected");
+                if let Some(held) = FAILED.ready() {
+                    tracing::error!(tenant = %tenant_raw, error = %f.msg, similar_lines_held_back = held, "remote write failed");
+                }
+            } else if let Some(held) = REFUSED.ready() {
+                tracing::warn!(tenant = %tenant_raw, status = status.as_u16(), error = %f.msg, similar_lines_held_back = held, "remote write refused");
             }
             let mut resp = (status, format!("{}\n", f.msg)).into_response();
             if let Some(secs) = retry_after(f.class) {
