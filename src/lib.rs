@@ -1,8 +1,10 @@
 //! Wharf: a Thanos Receive-compatible Prometheus remote-write ingestion server.
 //!
 //! Layers (a module only uses modules to its left):
-//! `model`, `telemetry` → `proto` → `remote_write`, `tsdb` → `multitsdb` → `ingest`, `store`
-//! → `api` → `config`, `app`. See `docs/architecture.md` for the path of one write.
+//! `model`, `telemetry` → `proto` → `remote_write`, `tsdb`, `objstore` → `hashring`, `peer`,
+//! `shipper` → `multitsdb` → `ingest`, `store` → `api` → `config`, `logging`, `app`;
+//! `fuzzing` drives the readers for the fuzz targets. See `docs/architecture.md` for the path
+//! of one write.
 
 pub mod api;
 pub mod app;

@@ -48,6 +48,12 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerReason {
+    pub listener: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Name {
     pub name: String,
 }
@@ -103,6 +109,9 @@ pub struct Metrics {
     pub matchers_cache_items: Gauge,
     pub matchers_cache_max_items: Gauge,
     pub matchers_cache_evicted: Counter,
+    /// Connections a listener closed for a limit (header, idle, body or handshake timeout)
+    /// or made wait (the connection cap).
+    pub connections_limited: Family<ListenerReason, Counter>,
     /// Idle tenants' WAL segment files closed to stay within the open-WAL bound.
     pub wal_files_closed: Counter,
     /// StoreAPI queries waiting for one of the bounded query slots.
@@ -173,6 +182,7 @@ impl Metrics {
             matchers_cache_max_items: Gauge::default(),
             matchers_cache_evicted: Counter::default(),
             wal_files_closed: Counter::default(),
+            connections_limited: Family::default(),
             store_queries_waiting: Gauge::default(),
             store_queries_running: Gauge::default(),
             registry: Registry::default(),
@@ -406,6 +416,11 @@ impl Metrics {
             m.matchers_cache_evicted.clone(),
         );
         r.register(
+            "wharf_connections_limited",
+            "Connections closed by a listener's timeouts or held back by its connection cap",
+            m.connections_limited.clone(),
+        );
+        r.register(
             "wharf_tsdb_wal_files_closed",
             "Idle tenants' WAL segment files closed to keep within the bound on open WAL files",
             m.wal_files_closed.clone(),
@@ -441,6 +456,27 @@ pub fn metrics() -> &'static Metrics {
 
 pub fn result(r: &str) -> ResultLabel {
     ResultLabel { result: r.into() }
+}
+
+/// Counts a connection closed (or held back) by a listener limit, and logs it at most once per
+/// 10 s per listener kind: a slowloris flood must not become a log flood.
+pub fn connection_limited(listener: &'static str, reason: &'static str) {
+    metrics()
+        .connections_limited
+        .get_or_create(&ListenerReason {
+            listener: listener.into(),
+            reason: reason.into(),
+        })
+        .inc();
+    static EVERY: LogEvery = LogEvery::new(std::time::Duration::from_secs(10));
+    if let Some(held) = EVERY.ready() {
+        tracing::info!(
+            listener,
+            reason,
+            similar_lines_held_back = held,
+            "connection limit applied"
+        );
+    }
 }
 
 pub fn tenant(t: &str) -> Tenant {

@@ -238,6 +238,7 @@ impl Gated {
                 }
                 Err(TryAcquireError::Closed) => return Poll::Ready(None),
                 Err(TryAcquireError::NoPermits) => {
+                    crate::telemetry::connection_limited(self.name, "max_connections");
                     if self
                         .warned
                         .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
@@ -363,6 +364,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Handshake<IO> {
             }
             Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
                 tracing::debug!("no HTTP/2 preface within the handshake timeout; closing");
+                crate::telemetry::connection_limited("grpc", "handshake_timeout");
                 Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "no HTTP/2 preface within the handshake timeout",
@@ -461,6 +463,7 @@ pub async fn serve_http(
             },
         };
         tokio::spawn(serve_connection(
+            name,
             io,
             router.clone(),
             builder.clone(),
@@ -483,6 +486,7 @@ struct Limits {
 }
 
 async fn serve_connection(
+    listener: &'static str,
     io: Permitted<TcpStream>,
     router: Router,
     builder: http1::Builder,
@@ -495,6 +499,7 @@ async fn serve_connection(
         requests: AtomicU32::new(0),
         body_cut: AtomicBool::new(false),
         peer: io.io.peer_addr().ok(),
+        listener,
     });
     let io = Watched::new(io, state.clone(), limits);
     let svc = Svc {
@@ -545,6 +550,8 @@ struct ConnState {
     /// Set when the body limit cut the current request's body.
     body_cut: AtomicBool,
     peer: Option<SocketAddr>,
+    /// The listener's name, for metrics and logs.
+    listener: &'static str,
 }
 
 /// The socket of one HTTP connection, failing its reads and writes once the peer has made no
@@ -614,6 +621,14 @@ impl Watched {
                 "no progress within the idle timeout"
             };
             tracing::debug!(peer = ?self.state.peer, ?limit, "{what}; closing the connection");
+            crate::telemetry::connection_limited(
+                self.state.listener,
+                if phase == HEAD {
+                    "header_timeout"
+                } else {
+                    "idle_timeout"
+                },
+            );
             return Some(io::Error::new(io::ErrorKind::TimedOut, what));
         }
         None
@@ -854,6 +869,7 @@ impl HttpBody for LimitedBody {
                         min_rate = this.limit.min_rate,
                         "request body too slow; closing the connection"
                     );
+                    crate::telemetry::connection_limited(this.state.listener, "body_too_slow");
                     return Poll::Ready(Some(Err(BodyCut.into())));
                 }
                 Poll::Pending
