@@ -1,6 +1,7 @@
 //! Shared test harness: in-process receivers on loopback ports chosen at run time, the real
 //! binary as a child process, a remote-write client and a StoreAPI client.
 #![allow(dead_code)]
+pub mod peers;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

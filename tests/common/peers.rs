@@ -1,0 +1,166 @@
+//! The pinned real peers `scripts/peers.sh` builds (Thanos v0.42.4, Prometheus v3.14.0) and a
+//! child-process guard for them. A missing peer fails the test with how to build it: interop
+//! tests never skip.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where `scripts/peers.sh` puts the peers: `$WHARF_PEERS_DIR`, else `~/.cache/wharf-peers`
+/// (the script's own rule; `scripts/peers.sh --print-dir` prints it).
+pub fn peers_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("WHARF_PEERS_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").expect("HOME is not set: cannot find ~/.cache/wharf-peers");
+    PathBuf::from(home).join(".cache/wharf-peers")
+}
+
+/// `<peers_dir>/<peer>/bin/<bin>`; panics unless the build that made it finished (its stamp file
+/// is written last).
+pub fn peer_bin(peer: &str, bin: &str) -> PathBuf {
+    let dir = peers_dir().join(peer);
+    let path = dir.join("bin").join(bin);
+    let stamp = dir.join("stamp");
+    assert!(
+        path.is_file() && stamp.is_file(),
+        "peer {peer} missing: {} {}. Run scripts/peers.sh (it builds the pinned peers into {}; \
+         set WHARF_PEERS_DIR to use another cache). Interop tests do not skip without it.",
+        path.display(),
+        if path.is_file() {
+            "exists but its build did not finish (no stamp file)"
+        } else {
+            "does not exist"
+        },
+        peers_dir().display()
+    );
+    path
+}
+
+/// `thanos` v0.42.4 (query, receive, store, compact, tools).
+pub fn thanos() -> PathBuf {
+    peer_bin("thanos-v0.42.4", "thanos")
+}
+
+/// `prometheus` v3.14.0 (honours `remote_write.headers`; no web UI, the HTTP API is there).
+pub fn prometheus3() -> PathBuf {
+    peer_bin("prometheus-v3.14.0", "prometheus")
+}
+
+/// `promtool` v3.14.0.
+pub fn promtool3() -> PathBuf {
+    peer_bin("prometheus-v3.14.0", "promtool")
+}
+
+/// A peer running as a child process, its stdout and stderr in `log`. Killed on drop; when the
+/// test is failing, the tail of its log is printed.
+pub struct PeerProc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl PeerProc {
+    /// Starts `bin args…` with its output in `<log_dir>/<name>.log`.
+    pub fn spawn(name: &str, bin: &Path, args: &[String], log_dir: &Path) -> Self {
+        std::fs::create_dir_all(log_dir).expect("log dir");
+        let log = log_dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name} ({}): {e}", bin.display()));
+        Self {
+            name: name.into(),
+            child,
+            log,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics (with the log's tail) if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "{} exited early ({status}); log tail:\n{}",
+                self.name,
+                tail(&self.logs(), 40)
+            );
+        }
+    }
+
+    /// Polls `url` until it answers 200, while checking the process is still alive.
+    pub fn wait_http_ok(&mut self, url: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            self.assert_running();
+            if let Ok((200, _)) = super::get(url) {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{}: {url} did not answer 200 within {timeout:?}; log tail:\n{}",
+                self.name,
+                tail(&self.logs(), 40)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for PeerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- {} log (tail) ----\n{}",
+                self.name,
+                tail(&self.logs(), 60)
+            );
+        }
+    }
+}
+
+/// The last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// GET `base+path` with query parameters against a Prometheus-style JSON API (Prometheus, the
+/// Thanos Querier); returns the parsed body of a `"status": "success"` answer, else the error.
+pub fn api_get(
+    base: &str,
+    path: &str,
+    params: &[(&str, &str)],
+) -> Result<serde_json::Value, String> {
+    let url = format!("{base}{path}");
+    let mut req = ureq::get(&url).timeout(Duration::from_secs(30));
+    for (k, v) in params {
+        req = req.query(k, v);
+    }
+    let body = match req.call() {
+        Ok(r) => r.into_string().map_err(|e| format!("GET {url}: {e}"))?,
+        Err(ureq::Error::Status(code, r)) => {
+            return Err(format!(
+                "GET {url} {params:?}: HTTP {code}: {}",
+                r.into_string().unwrap_or_default()
+            ))
+        }
+        Err(e) => return Err(format!("GET {url}: {e}")),
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("GET {url}: not JSON ({e}): {body}"))?;
+    if v["status"] != "success" {
+        return Err(format!("GET {url} {params:?}: {body}"));
+    }
+    Ok(v)
+}
