@@ -194,16 +194,23 @@ impl LabelResult {
     }
 }
 
+/// Whether a tenant can answer for a window ending at `end`: Thanos's proxy asks a store only
+/// if the window reaches its min time, which an empty tenant announces as `i64::MAX` (see
+/// [`info`]). Without this, an empty tenant's external labels would answer every label query.
+fn in_window(t: &TenantDb, end: i64) -> bool {
+    end >= t.db.time_range().map_or(i64::MAX, |(lo, _)| lo)
+}
+
 pub fn label_names(db: &MultiTsdb, q: &LabelQuery) -> Result<LabelResult, StoreError> {
     let mut out = LabelResult::default();
-    for t in db.tenants() {
-        let Some(rest) = tenant_matchers(&t, &q.matchers) else {
+    for t in db.tenants().iter().filter(|t| in_window(t, q.end)) {
+        let Some(rest) = tenant_matchers(t, &q.matchers) else {
             continue;
         };
         let found = match t.db.label_names(&rest, q.start, q.end) {
             Ok(f) => f,
             Err(e) => {
-                let msg = tenant_failure(&t, &e.to_string());
+                let msg = tenant_failure(t, &e.to_string());
                 if q.abort_on_error {
                     return Err(StoreError::TenantFailed(msg));
                 }
@@ -232,8 +239,8 @@ pub fn label_values(db: &MultiTsdb, name: &str, q: &LabelQuery) -> Result<LabelR
     if q.without_replica_labels.iter().any(|w| w == name) {
         return Ok(out);
     }
-    for t in db.tenants() {
-        let Some(rest) = tenant_matchers(&t, &q.matchers) else {
+    for t in db.tenants().iter().filter(|t| in_window(t, q.end)) {
+        let Some(rest) = tenant_matchers(t, &q.matchers) else {
             continue;
         };
         let found = match t.external_labels().get(name) {
@@ -250,7 +257,7 @@ pub fn label_values(db: &MultiTsdb, name: &str, q: &LabelQuery) -> Result<LabelR
         match found {
             Ok(f) => out.values.extend(f),
             Err(e) => {
-                let msg = tenant_failure(&t, &e.to_string());
+                let msg = tenant_failure(t, &e.to_string());
                 if q.abort_on_error {
                     return Err(StoreError::TenantFailed(msg));
                 }

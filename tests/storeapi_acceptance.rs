@@ -137,10 +137,17 @@ fn g1_empty_store() {
         values(&rx, "foo", MIN_TIME, MAX_TIME, vec![]).is_empty(),
         "A03"
     );
+    // Thanos's acceptance test asks one TSDB store; Receive's proxy in front of its tenants
+    // (what Wharf answers as) asks an empty tenant, min time i64::MAX, only for a window that
+    // reaches it. Measured with Thanos Receive v0.42.4.
     assert_eq!(
-        values(&rx, "region", MIN_TIME, MAX_TIME, vec![]),
+        values(&rx, "region", MIN_TIME, i64::MAX, vec![]),
         s(&["eu-west"]),
         "A04"
+    );
+    assert!(
+        values(&rx, "region", MIN_TIME, MAX_TIME, vec![]).is_empty(),
+        "A04, window before the empty tenant's min time"
     );
 }
 
@@ -665,5 +672,51 @@ fn series_request_errors_and_ext_only_matchers() {
             .iter()
             .any(|w| w.contains("no matchers specified (excluding external labels)")),
         "{warnings:?}"
+    );
+}
+
+/// A tenant answers a label query only if the window reaches its min time, as Thanos's proxy
+/// asks a store: the empty default tenant (min time i64::MAX) must not add its `tenant_id` to
+/// a window in the past, but does to one reaching i64::MAX.
+#[test]
+fn label_queries_skip_tenants_whose_data_starts_after_the_window() {
+    let rx = Receiver::start(&[]);
+    let now = now_ms();
+    let (code, body) = write(
+        rx.rw(),
+        Some("team-a"),
+        vec![series(&[("__name__", "up")], &[(now, 1.0)])],
+    );
+    assert_eq!(code, 200, "{body}");
+    let query = |start: i64, end: i64| {
+        let mut store = rx.store();
+        let v = store
+            .label_values(pb::LabelValuesRequest {
+                label: "tenant_id".into(),
+                start,
+                end,
+                ..Default::default()
+            })
+            .expect("label values")
+            .values;
+        let n = store
+            .label_names(pb::LabelNamesRequest {
+                start,
+                end,
+                ..Default::default()
+            })
+            .expect("label names")
+            .names;
+        (v, n)
+    };
+    let (values, names) = query(now - 10_000, now);
+    assert_eq!(values, s(&["team-a"]));
+    assert!(names.contains(&"tenant_id".to_string()), "{names:?}");
+    assert_eq!(query(0, i64::MAX).0, s(&["default-tenant", "team-a"]));
+    // A window that ends before every sample: no tenant answers.
+    let (values, names) = query(0, now - 10_000);
+    assert!(
+        values.is_empty() && names.is_empty(),
+        "{values:?} {names:?}"
     );
 }
