@@ -510,6 +510,15 @@ async fn run(
         let _ = t.await;
     }
     if let (Some(db), Some(s)) = (&tsdb, &shipper) {
+        // As Thanos Receive does with uploads configured: the heads go into blocks first, so a
+        // node scaled down leaves nothing that only its volume holds. Not bounded: local disk
+        // work the WAL must not close under; what the upload misses stays on disk and in the
+        // WAL's checkpoint-free state until the next start resumes it.
+        let flushing = db.clone();
+        match tokio::task::spawn_blocking(move || flushing.flush_all()).await {
+            Ok(n) => tracing::info!(blocks = n, "heads flushed into blocks for the last upload"),
+            Err(e) => tracing::error!(error = %e, "head flush task failed"),
+        }
         // One last attempt for blocks not in the bucket yet, bounded like Thanos's final sync.
         let mut plan = SyncPlan::new();
         let last = sync_all(db, s, &mut plan, Duration::ZERO);

@@ -382,29 +382,7 @@ impl MultiTsdb {
         let mut cut = 0;
         for t in self.tenants() {
             let tl = telemetry::tenant(t.tenant.as_str());
-            match t.db.compact(&t.external_labels()) {
-                Ok(done) => {
-                    for c in done {
-                        m.head_truncations.get_or_create(&tl).inc();
-                        let Some(meta) = c.meta else {
-                            tracing::info!(tenant = %t.tenant, min_time = c.min_time, max_time = c.max_time, "head range had no samples; no block cut");
-                            continue;
-                        };
-                        m.compactions.get_or_create(&tl).inc();
-                        cut += 1;
-                        m.compaction_duration
-                            .get_or_create(&tl)
-                            .observe(c.duration.as_secs_f64());
-                        tracing::info!(tenant = %t.tenant, ulid = %meta.ulid, min_time = meta.min_time, max_time = meta.max_time,
-                            series = meta.stats.num_series, samples = meta.stats.num_samples, chunks = meta.stats.num_chunks,
-                            bytes = block_bytes(&t.db.dir().join(&meta.ulid)), duration = ?c.duration, "block cut from head");
-                    }
-                }
-                Err(e) => {
-                    m.compactions_failed.get_or_create(&tl).inc();
-                    tracing::error!(tenant = %t.tenant, error = %e, "head compaction failed");
-                }
-            }
+            cut += record_cut(&t, t.db.compact(&t.external_labels()), "head compaction");
             // With object storage, a block leaves the disk only once the bucket has it.
             let uploaded = self
                 .opts
@@ -435,6 +413,15 @@ impl MultiTsdb {
         cut
     }
 
+    /// Cuts every tenant's whole head into blocks (see `Tsdb::flush`), for the last upload
+    /// before the process exits. Returns how many blocks were cut. Blocking.
+    pub fn flush_all(&self) -> usize {
+        self.tenants()
+            .iter()
+            .map(|t| record_cut(t, t.db.flush(&t.external_labels()), "head flush"))
+            .sum()
+    }
+
     /// Every open tenant, in tenant order.
     pub fn tenants(&self) -> Vec<Arc<TenantDb>> {
         self.tenants.read().values().cloned().collect()
@@ -453,6 +440,41 @@ impl MultiTsdb {
 }
 
 /// Total size of a block directory's files, for the log line.
+/// Counts and logs the blocks one compaction or flush of a tenant cut; returns how many.
+fn record_cut(
+    t: &TenantDb,
+    done: Result<Vec<crate::tsdb::CompactedBlock>, TsdbError>,
+    what: &'static str,
+) -> usize {
+    let m = metrics();
+    let tl = telemetry::tenant(t.tenant.as_str());
+    let done = match done {
+        Ok(done) => done,
+        Err(e) => {
+            m.compactions_failed.get_or_create(&tl).inc();
+            tracing::error!(tenant = %t.tenant, error = %e, "{what} failed");
+            return 0;
+        }
+    };
+    let mut cut = 0;
+    for c in done {
+        m.head_truncations.get_or_create(&tl).inc();
+        let Some(meta) = c.meta else {
+            tracing::info!(tenant = %t.tenant, min_time = c.min_time, max_time = c.max_time, "head range had no samples; no block cut");
+            continue;
+        };
+        m.compactions.get_or_create(&tl).inc();
+        cut += 1;
+        m.compaction_duration
+            .get_or_create(&tl)
+            .observe(c.duration.as_secs_f64());
+        tracing::info!(tenant = %t.tenant, ulid = %meta.ulid, min_time = meta.min_time, max_time = meta.max_time,
+            series = meta.stats.num_series, samples = meta.stats.num_samples, chunks = meta.stats.num_chunks,
+            bytes = block_bytes(&t.db.dir().join(&meta.ulid)), duration = ?c.duration, "block cut from head ({what})");
+    }
+    cut
+}
+
 fn block_bytes(dir: &std::path::Path) -> u64 {
     let files = ["index", "meta.json", "tombstones"]
         .iter()

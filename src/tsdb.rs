@@ -575,19 +575,40 @@ impl Tsdb {
     /// then the head drops the range; then the WAL is checkpointed. A crash before the
     /// checkpoint replays samples the block already has, and replay skips them (head floor).
     pub fn compact(&self, external_labels: &Labels) -> Result<Vec<CompactedBlock>, TsdbError> {
+        self.cut_blocks(external_labels, false)
+    }
+
+    /// Cuts every range the head holds into blocks, the current one included, as Thanos
+    /// Receive does before it exits with uploads configured: a node scaled down then leaves
+    /// nothing behind that only its volume holds. Samples for the flushed ranges are refused
+    /// afterwards (the head's floor moves past them). Blocking.
+    pub fn flush(&self, external_labels: &Labels) -> Result<Vec<CompactedBlock>, TsdbError> {
+        self.cut_blocks(external_labels, true)
+    }
+
+    fn cut_blocks(
+        &self,
+        external_labels: &Labels,
+        all: bool,
+    ) -> Result<Vec<CompactedBlock>, TsdbError> {
         let mut out = Vec::new();
-        loop {
+        // Where the previous cut ended: a range is never cut twice, even if a chunk of the
+        // head reached back across its end.
+        let mut floor = i64::MIN;
+        // A range ending at i64::MAX (saturated) is the last there can be.
+        while floor < i64::MAX {
             let start = Instant::now();
             let (snapshot, mint, maxt) = {
                 let inner = self.inner.lock();
-                if !inner.head.needs_compaction() {
+                if !all && !inner.head.needs_compaction() {
                     break;
                 }
-                let Some((mint, maxt)) = inner.head.first_block_range() else {
+                let Some((mint, maxt)) = inner.head.first_block_range_from(floor) else {
                     break;
                 };
                 (inner.head.block_snapshot(mint, maxt), mint, maxt)
             };
+            floor = maxt;
             let written = if snapshot.series.is_empty() {
                 None
             } else {
@@ -785,6 +806,39 @@ mod tests {
             too_far_in_future_ms: 0,
             ..TsdbOptions::default()
         }
+    }
+
+    #[test]
+    fn flush_cuts_every_range_of_the_head_once_and_keeps_every_sample() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = Tsdb::open(dir.path(), &no_future_window()).unwrap();
+        // 40 minutes across a range boundary, plus a series at the last range before i64::MAX.
+        let start = 10 * RANGE - 20 * 60_000;
+        for t in (start..start + 40 * 60_000).step_by(60_000) {
+            write(&db, "m", t);
+        }
+        let ext = Labels::from_pairs([("replica", "a")]);
+        assert!(db.compact(&ext).unwrap().is_empty(), "nothing is due");
+        let cut = db.flush(&ext).unwrap();
+        let ranges: Vec<(i64, i64)> = cut.iter().map(|c| (c.min_time, c.max_time)).collect();
+        assert_eq!(ranges, [(start, 10 * RANGE), (10 * RANGE, 11 * RANGE)]);
+        let in_blocks: u64 = cut
+            .iter()
+            .filter_map(|c| c.meta.as_ref())
+            .map(|m| m.stats.num_samples)
+            .sum();
+        assert_eq!(in_blocks, 40);
+        assert_eq!(samples(&db, "m").len(), 40, "read back from the blocks");
+        assert!(
+            db.flush(&ext).unwrap().is_empty(),
+            "an empty head cuts nothing"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = Tsdb::open(dir.path(), &no_future_window()).unwrap();
+        write(&db, "edge", i64::MAX - 1);
+        let cut = db.flush(&ext).unwrap();
+        assert_eq!(cut.len(), 1, "the saturated last range ends the flush");
     }
 
     #[test]

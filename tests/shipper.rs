@@ -499,3 +499,57 @@ fn filesystem_bucket_gets_the_same_blocks() {
         || p.logs(),
     );
 }
+
+/// SIGTERM with uploads configured: the head (ten minutes of current samples, no block due)
+/// is flushed into a block and uploaded before the process exits, as Thanos Receive does; the
+/// bucket then holds every acknowledged sample, and a restart has nothing left to replay.
+#[test]
+fn sigterm_flushes_the_head_and_uploads_it_before_exit() {
+    let bucket = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "type: FILESYSTEM\nconfig:\n  directory: {}\n",
+        bucket.path().display()
+    );
+    let p = spawn(data.path(), &yaml, &[], &[]);
+    wait_ready(p.http, Duration::from_secs(30));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let samples: Vec<(i64, f64)> = (0..40)
+        .map(|i| (now - 600_000 + i * 15_000, i as f64))
+        .collect();
+    let ts = (0..5)
+        .map(|i| {
+            series(
+                &[("__name__", "ship_test"), ("i", &i.to_string())],
+                &samples,
+            )
+        })
+        .collect();
+    assert_eq!(write(p.rw, None, ts).0, 200);
+    assert!(local_ulids(data.path()).is_empty(), "no block is due yet");
+    let log = p.log.clone();
+    assert_eq!(
+        p.terminate(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let ulids = local_ulids(data.path());
+    assert!(!ulids.is_empty(), "the head was flushed into blocks");
+    let mut in_bucket = 0;
+    for u in &ulids {
+        assert!(
+            bucket.path().join(u).join("meta.json").is_file(),
+            "{u} uploaded"
+        );
+        let b = block::Block::open(&bucket.path().join(u)).unwrap();
+        in_bucket += b.meta().stats.num_samples;
+        let local = block::Block::open(&tenant_dir(data.path()).join(u)).unwrap();
+        assert_bucket_block(&bucket.path().join(u), local.meta().stats.num_samples);
+    }
+    assert_eq!(in_bucket, 200, "every acknowledged sample is in the bucket");
+    assert_eq!(shipper_json(data.path()), ulids);
+}

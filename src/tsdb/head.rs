@@ -364,8 +364,15 @@ impl Head {
 
     /// The block range holding the head's oldest sample: `[min_t, aligned end)`.
     pub fn first_block_range(&self) -> Option<(i64, i64)> {
-        self.time_range()
-            .map(|(lo, _)| (lo, range_end(lo, self.opts.chunk_range)))
+        self.first_block_range_from(i64::MIN)
+    }
+
+    /// Like [`Head::first_block_range`] for the samples at or after `from`; None once the
+    /// head holds none there.
+    pub fn first_block_range_from(&self, from: i64) -> Option<(i64, i64)> {
+        let (lo, hi) = self.time_range()?;
+        let lo = lo.max(from);
+        (lo <= hi).then(|| (lo, range_end(lo, self.opts.chunk_range)))
     }
 
     fn find(&self, hash: u32, labels: &[(&str, &str)]) -> Option<SeriesId> {
