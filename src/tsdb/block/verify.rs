@@ -366,8 +366,9 @@ fn walk_series(
                 }
             }
         };
-        let total = n as u64 + len + 4;
-        if pos + total > end {
+        // Saturating: the length is read from the file and may be anything up to 2^64 - 1.
+        let total = (n as u64).saturating_add(len).saturating_add(4);
+        if pos.saturating_add(total) > end {
             p.push(format!("index: series {id} at offset {pos} ({len} bytes) overruns the series section ending at {end}"));
             break;
         }
@@ -704,7 +705,8 @@ impl Layout {
             p.push(format!("postings list {what} at {off}, expected {}: lists must be contiguous in table order", self.expect));
             self.ok = false;
         }
-        self.expect = off + 4 + 4 + 4 * ids as u64 + 4;
+        // `off` is read from the file: saturating, as a bogus offset is a finding, not a panic.
+        self.expect = off.saturating_add(12 + 4 * ids as u64);
     }
 }
 
