@@ -336,6 +336,16 @@ pub struct ReceiveArgs {
         help_heading = "Connection limits"
     )]
     pub rw_max_connections: usize,
+    /// Largest remote-write body accepted, compressed (Content-Length first) and again
+    /// decompressed; larger ones get 413. Large enough for 100 000 series of avalanche's label
+    /// lengths in one request.
+    #[arg(
+        long = "remote-write.max-request-bytes",
+        env = "WHARF_REMOTE_WRITE_MAX_REQUEST_BYTES",
+        default_value_t = crate::remote_write::DEFAULT_MAX_REQUEST_BYTES,
+        help_heading = "Connection limits"
+    )]
+    pub rw_max_request_bytes: usize,
     /// Like --remote-write.server-header-timeout, for the ops port (--http-address).
     #[arg(
         long = "http.server-header-timeout",
@@ -764,7 +774,16 @@ impl ReceiveArgs {
             grace_period: grace,
             multitsdb,
             tenant_header: self.tenant_header,
-            decode: crate::remote_write::Options::default(),
+            decode: {
+                let decode = crate::remote_write::Options {
+                    max_request_bytes: self.rw_max_request_bytes,
+                };
+                decode.validate().map_err(|e| ConfigError::Invalid {
+                    flag: "remote-write.max-request-bytes",
+                    reason: e.to_string(),
+                })?;
+                decode
+            },
             defaulted_label,
             compaction_interval,
             objstore,

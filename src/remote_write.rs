@@ -12,14 +12,19 @@ use std::ops::Range;
 /// Decoding limits.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Largest accepted body, compressed or decompressed (bytes). Default 32 MiB, as Prometheus.
+    /// Largest accepted body, compressed or decompressed (bytes).
     pub max_request_bytes: usize,
 }
+
+/// 128 MiB: Prometheus's own receiver stops at 32 MiB, which refuses one request of 100 000
+/// series with avalanche's label lengths (about 40 MB decoded); Thanos has no bound unless its
+/// limits configuration sets `size_bytes_limit`.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 128 << 20;
 
 impl Default for Options {
     fn default() -> Self {
         Self {
-            max_request_bytes: 32 << 20,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
         }
     }
 }

@@ -682,7 +682,12 @@ use wharf::proto::prom::TimeSeries;
 
 #[test]
 fn bad_requests_are_refused_and_the_server_keeps_serving() {
-    let rx = Receiver::start(&["--label", "replica=\"bad-input\""]);
+    // The limit the size cases are written for (the default is larger), set by its flag.
+    let rx = Receiver::start(&[
+        "--label",
+        "replica=\"bad-input\"",
+        "--remote-write.max-request-bytes=33554432",
+    ]);
     let mut failed = Vec::new();
     for (name, case) in cases() {
         let res = catch_unwind(AssertUnwindSafe(|| {
