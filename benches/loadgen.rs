@@ -26,10 +26,26 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use prost::Message;
 use wharf::proto::prom::{Sample, TimeSeries, WriteRequest};
 use wharf::proto::thanos::Label;
+
+#[path = "shapes/avalanche.rs"]
+mod avalanche;
+use avalanche::Avalanche;
+
+/// The label sets the series carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Shape {
+    /// Ten labels of a node-exporter-like fleet (~330 bytes of protobuf per series).
+    Node,
+    /// avalanche's metric names and label lengths (see `shapes/avalanche.rs`).
+    Avalanche,
+}
+
+/// Set once from `--shape` before any request is built; every label set is generated from it.
+static SHAPE: std::sync::OnceLock<Shape> = std::sync::OnceLock::new();
 
 /// How many rounds a stream may run ahead of the slowest one: keeps every series' samples in
 /// order and the streams within a minute of sample time of each other.
@@ -116,6 +132,14 @@ struct Args {
     /// GET this URL once, print the status and exit (0 on 2xx).
     #[arg(long)]
     get: Option<String>,
+    /// Label sets of the series.
+    #[arg(long, value_enum, default_value_t = Shape::Node)]
+    shape: Shape,
+    /// Serve an avalanche-like `/metrics` page of --metrics metrics × (--series / --metrics)
+    /// series on this address (values change every --interval-ms) until killed, for a real
+    /// Prometheus to scrape.
+    #[arg(long)]
+    serve_metrics: Option<SocketAddr>,
     /// Passed by `cargo bench`; without it the binary runs its smoke test.
     #[arg(long, hide = true)]
     bench: bool,
@@ -127,6 +151,31 @@ fn main() -> ExitCode {
         return smoke();
     }
     let args = Args::parse_from(argv.iter().filter(|a| *a != "--bench"));
+    let _ = SHAPE.set(args.shape);
+    if let Some(addr) = args.serve_metrics {
+        let target = Avalanche {
+            metrics: args.metrics.max(1),
+            series_per_metric: (args.series / args.metrics.max(1)).max(1),
+        };
+        let listener = match TcpListener::bind(addr) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("loadgen: bind {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!(
+            "serving {} avalanche-like series on http://{addr}/metrics",
+            target.series()
+        );
+        target.serve(
+            listener,
+            Duration::from_millis(args.interval_ms.max(1) as u64),
+        );
+        loop {
+            thread::park();
+        }
+    }
     if let Some(n) = args.free_ports {
         let ls: Vec<TcpListener> = (0..n)
             .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
@@ -252,8 +301,20 @@ fn label(n: &str, v: String) -> Label {
     }
 }
 
-/// Labels of series `s` in generation `generation` (a churned series gets a new pod).
+/// Labels of series `s` in generation `generation` (a churned series gets a new pod, or, in
+/// avalanche's shape, a new `cycle_id`).
 fn series_labels(s: usize, generation: u64, metrics: usize) -> Vec<Label> {
+    if SHAPE.get() == Some(&Shape::Avalanche) {
+        let a = Avalanche {
+            metrics,
+            series_per_metric: 1,
+        };
+        return a
+            .labels(s, generation)
+            .into_iter()
+            .map(|(n, v)| label(&n, v))
+            .collect();
+    }
     let m = s % metrics;
     let j = s / metrics;
     let host = j / 4;
