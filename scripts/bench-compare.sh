@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Whole-server comparison: Wharf vs Prometheus vs VictoriaMetrics under the same remote-write load
+# Whole-server comparison: Wharf vs Thanos Receive vs Prometheus vs VictoriaMetrics under the same remote-write load
 # (benches/loadgen.rs). Each target runs on 127.0.0.1 with a fresh data dir, pinned to core 1;
 # the generator is pinned to core 0. Prints one Markdown table (docs/benchmarks.md).
 #
@@ -8,7 +8,7 @@
 #   scripts/bench-compare.sh --smoke         # seconds: tiny sizes, Wharf (+ Prometheus if
 #                                            # installed), dev build; fails on zero accepted
 #                                            # samples or a non-2xx majority
-#   options: --targets "wharf prometheus victoria-metrics"  --scenarios "steady churn small disk"
+#   options: --targets "wharf thanos prometheus victoria-metrics"  --scenarios "steady churn small disk"
 #            (also scale-100k, scale-1m, scale-5m: cost per sample as the head grows)
 #            --out DIR (default target/bench-compare/<time>)  --perf (perf record Wharf in steady)
 #   env: WHARF_BIN=path/to/wharf to run a prebuilt Wharf instead of building this tree's
@@ -44,7 +44,13 @@ fi
 if [ -z "$targets" ]; then
   targets="wharf"
   command -v prometheus >/dev/null 2>&1 && targets+=" prometheus"
-  [ "$smoke" = 1 ] || targets+=" victoria-metrics"
+  [ "$smoke" = 1 ] || targets+=" thanos victoria-metrics"
+fi
+# Thanos Receive v0.42.4, built once by scripts/peers.sh (the pinned peer of the interop tests).
+thanos_bin=""
+if [[ " $targets " == *" thanos "* ]]; then
+  scripts/peers.sh
+  thanos_bin="$(scripts/peers.sh --print-dir)/thanos-v0.42.4/bin/thanos"
 fi
 
 # Build once; call the binaries directly so taskset applies to them. WHARF_BIN=path runs a
@@ -95,8 +101,8 @@ trap 'exit 130' INT TERM
 start_target() {
   local name=$1 scen=$2
   shift 2
-  local p1 p2 p3 ready log="$out/$name-$scen.log"
-  read -r p1 p2 p3 < <(LG --free-ports 3)
+  local p1 p2 p3 p4 ready log="$out/$name-$scen.log"
+  read -r p1 p2 p3 p4 < <(LG --free-ports 4)
   data="$work/$name-$scen"
   rm -rf "$data"
   mkdir -p "$data"
@@ -105,6 +111,14 @@ start_target() {
       "${pin_target[@]}" "$wharf_bin" receive --remote-write.address "127.0.0.1:$p1" \
         --grpc-address "127.0.0.1:$p2" --http-address "127.0.0.1:$p3" --tsdb.path "$data" \
         "$@" >"$log" 2>&1 &
+      url="http://127.0.0.1:$p1/api/v1/receive" ready="http://127.0.0.1:$p3/-/ready" ;;
+    thanos)
+      # An ingestor without a hashring; its Cap'n Proto listener defaults to 19391 for every
+      # instance, so it gets a port of its own.
+      "${pin_target[@]}" "$thanos_bin" receive --remote-write.address "127.0.0.1:$p1" \
+        --grpc-address "127.0.0.1:$p2" --http-address "127.0.0.1:$p3" \
+        --receive.capnproto-address "127.0.0.1:$p4" --tsdb.path "$data" \
+        --label 'replica="bench"' "$@" >"$log" 2>&1 &
       url="http://127.0.0.1:$p1/api/v1/receive" ready="http://127.0.0.1:$p3/-/ready" ;;
     prometheus)
       printf 'global:\n  scrape_interval: 15s\n' >"$work/prometheus.yml"
@@ -197,6 +211,7 @@ run_scenario() {
       else lflags=(--series 20000 --batch 2000 --concurrency 4 --rounds 240 --start-ms "$start"); fi
       case "$name" in
         prometheus) tflags=(--storage.tsdb.min-block-duration=30m --storage.tsdb.max-block-duration=30m) ;;
+        thanos) tflags=(--tsdb.min-block-duration=30m --tsdb.max-block-duration=30m) ;;
         wharf)
           tflags=(--tsdb.min-block-duration=30m --tsdb.max-block-duration=30m)
           # Check for a cut every second where this build has the (hidden) flag.
