@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Router overhead: remote write straight to one ingestor, versus through a router to two
-# ingestors at RF 1, and to three ingestors at RF 3 (ingestors without a hashring). Every Wharf
-# process is pinned to core 1, the generator (benches/loadgen.rs) to core 0. Prints one
-# Markdown table (docs/benchmarks.md).
+# ingestors at RF 1, and to three ingestors at RF 3 (ingestors without a hashring), for Wharf,
+# Thanos Receive v0.42.4 (scripts/peers.sh), and a Wharf router in front of Thanos ingestors.
+# Every server process is pinned to core 1, the generator (benches/loadgen.rs) to core 0.
+# Prints one Markdown table (docs/benchmarks.md). --smoke runs Wharf alone.
 #
 #   scripts/bench-router.sh            # about 3 minutes, release build
 #   scripts/bench-router.sh --smoke    # seconds, dev build (run by scripts/test.sh)
@@ -57,14 +58,25 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# node NAME RW GRPC HTTP [flags...]: starts one Wharf, sets npid.
+thanos_bin=""
+if [ "$smoke" = 0 ]; then
+  scripts/peers.sh
+  thanos_bin="$(scripts/peers.sh --print-dir)/thanos-v0.42.4/bin/thanos"
+fi
+
+# node KIND NAME RW GRPC HTTP [flags...]: starts one Wharf or Thanos Receive, sets npid.
 node() {
-  local name=$1 rw=$2 grpc=$3 http=$4
-  shift 4
+  local kind=$1 name=$2 rw=$3 grpc=$4 http=$5 bin=$wharf_bin extra=() capnp
+  shift 5
   mkdir -p "$work/$name"
-  "${pin_target[@]}" "$wharf_bin" receive --remote-write.address "127.0.0.1:$rw" \
+  if [ "$kind" = thanos ]; then
+    # Every thanos receive listens for Cap'n Proto on 19391 unless told otherwise.
+    read -r capnp < <(LG --free-ports 1)
+    bin=$thanos_bin extra=(--receive.capnproto-address "127.0.0.1:$capnp" --label "replica=\"$name\"")
+  fi
+  "${pin_target[@]}" "$bin" receive --remote-write.address "127.0.0.1:$rw" \
     --grpc-address "127.0.0.1:$grpc" --http-address "127.0.0.1:$http" \
-    --tsdb.path "$work/$name" "$@" >"$out/$name.log" 2>&1 &
+    --tsdb.path "$work/$name" "${extra[@]}" "$@" >"$out/$name.log" 2>&1 &
   npid=$!
   pids+=("$npid")
   LG --wait-ready "http://127.0.0.1:$http/-/ready" --timeout 60 >/dev/null ||
@@ -78,15 +90,16 @@ stop_all() {
   pids=()
 }
 
-# setup NAME INGESTORS RF: ingestors on a ring plus a router (none for 0 = direct).
+# run NAME INGESTORS RF [ROUTER_KIND INGESTOR_KIND]: ingestors on a ring plus a router (none
+# for 0 = direct); kinds are wharf (default) or thanos.
 results="$out/results.jsonl"
 : >"$results"
 run() {
-  local name=$1 n=$2 rf=$3 ring eps=() ingestor_pids=() i p
+  local name=$1 n=$2 rf=$3 rkind=${4:-wharf} ikind=${5:-wharf} ring eps=() ingestor_pids=() i p
   echo "== $name"
   if [ "$n" = 0 ]; then
     read -r p1 p2 p3 < <(LG --free-ports 3)
-    node "$name-ingestor" "$p1" "$p2" "$p3"
+    node "$ikind" "$name-ingestor" "$p1" "$p2" "$p3"
     "${pin_gen[@]}" "$lg" --bench --url "http://127.0.0.1:$p1/api/v1/receive" --pid "$npid" \
       --target-name "$name" --scenario router "${load[@]}" >"$out/$name.txt" 2>&1
   else
@@ -104,11 +117,11 @@ run() {
       ring_args=()
       [ "$hold_ring" = 1 ] && ring_args=(--receive.hashrings-file "$ring" \
         --receive.local-endpoint "127.0.0.1:$b" --receive.replication-factor "$rf")
-      node "$name-ingestor-$i" "$a" "$b" "$c" "${ring_args[@]}"
+      node "$ikind" "$name-ingestor-$i" "$a" "$b" "$c" "${ring_args[@]}"
       ingestor_pids+=("$npid")
     done
     read -r p1 p2 p3 < <(LG --free-ports 3)
-    node "$name-router" "$p1" "$p2" "$p3" --receive.hashrings-file "$ring" \
+    node "$rkind" "$name-router" "$p1" "$p2" "$p3" --receive.hashrings-file "$ring" \
       --receive.replication-factor "$rf" --receive.grpc-compression "$compression"
     "${pin_gen[@]}" "$lg" --bench --url "http://127.0.0.1:$p1/api/v1/receive" --pid "$npid" \
       --also-pids "$(IFS=,; echo "${ingestor_pids[*]}")" --target-name "$name" --scenario router \
@@ -122,25 +135,35 @@ run() {
 run direct 0 1
 run router-rf1-2-ingestors 2 1
 run router-rf3-3-ingestors 3 3
+if [ "$smoke" = 0 ]; then
+  run thanos-direct 0 1 thanos thanos
+  run thanos-router-rf1-2-ingestors 2 1 thanos thanos
+  run thanos-router-rf3-3-ingestors 3 3 thanos thanos
+  run wharf-router-rf3-3-thanos-ingestors 3 3 wharf thanos
+fi
 
 python3 - "$results" <<'EOF' | tee "$out/table.md"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 print("| setup | samples/s | router CPU-s / 1M | ingestors CPU-s / 1M | p50 | p99 |")
 print("|---|---:|---:|---:|---:|---:|")
-direct = None
+direct = {}
+def family(name):
+    # Compared with the direct run of the same ingestor program.
+    return "thanos" if name.startswith("thanos") or name.endswith("thanos-ingestors") else "wharf"
 for r in rows:
     name = r["target"]
-    if name == "direct":
-        direct = r.get("cpu_s_per_1m")
+    if name.endswith("direct"):
+        direct[family(name)] = r.get("cpu_s_per_1m")
         router, ing = "–", f'{r.get("cpu_s_per_1m", 0):.3f}'
     else:
         router, ing = f'{r.get("cpu_s_per_1m", 0):.3f}', f'{r.get("also_cpu_s_per_1m", 0):.3f}'
     print(f'| {name} | {r["samples_per_s"]:,.0f} | {router} | {ing} | {r["p50_ms"]:.2f} ms | {r["p99_ms"]:.2f} ms |')
-if direct:
-    for r in rows:
-        if r["target"] != "direct" and r.get("cpu_s_per_1m"):
-            print(f'\n{r["target"]}: router CPU per sample = {r["cpu_s_per_1m"] / direct:.0%} of the ingestor\'s own')
+print()
+for r in rows:
+    d = direct.get(family(r["target"]))
+    if not r["target"].endswith("direct") and r.get("cpu_s_per_1m") and d:
+        print(f'{r["target"]}: router CPU per sample = {r["cpu_s_per_1m"] / d:.0%} of the ingestor\'s own')
 EOF
 bad=$(grep -c '"accepted_samples":0[,}]' "$results" || true)
 [ "$bad" = 0 ] || { echo "!! a setup accepted no samples; see $out" >&2; exit 1; }
