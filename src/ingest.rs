@@ -358,6 +358,25 @@ pub struct Pending {
     deferred: Option<IngestError>,
     rf: usize,
     need: usize,
+    /// The request arrived as a peer's replica (Thanos's `alreadyReplicated`).
+    already_replicated: bool,
+}
+
+/// Counts one (endpoint, replica) write, local ones included, as Thanos does when each
+/// finishes: `forward_requests` always, `replications` only for a request that arrived
+/// unreplicated; a conflict (Thanos's AlreadyExists) counts in neither.
+fn count_write(res: Result<(), ErrorClass>, already_replicated: bool) {
+    let label = match res {
+        Ok(()) => "success",
+        Err(ErrorClass::Conflict) => return,
+        Err(_) => "error",
+    };
+    let m = metrics();
+    let label = crate::telemetry::result(label);
+    m.forward_requests.get_or_create(&label).inc();
+    if !already_replicated {
+        m.replications.get_or_create(&label).inc();
+    }
 }
 
 impl Pending {
@@ -370,14 +389,9 @@ impl Pending {
                     if let Err(e) = &res {
                         self.example.get_or_insert_with(|| e.to_string());
                     }
-                    let ok = res.is_ok();
-                    self.tracker
-                        .record(&self.groups[g], res.map_err(|e| e.class()));
-                    let label = if ok { "success" } else { "error" };
-                    metrics()
-                        .forward_requests
-                        .get_or_create(&crate::telemetry::result(label))
-                        .inc();
+                    let res = res.map_err(|e| e.class());
+                    count_write(res, self.already_replicated);
+                    self.tracker.record(&self.groups[g], res);
                 }
                 Ok(None) => break,
                 Err(_) => {
@@ -387,16 +401,22 @@ impl Pending {
                 }
             }
         }
+        if self.outstanding > 0 {
+            // Writes still running after quorum (or the timeout) are counted as they end; the
+            // peers' own timeouts end them.
+            let (mut results, mut left, replicated) =
+                (self.results, self.outstanding, self.already_replicated);
+            tokio::spawn(async move {
+                while left > 0 {
+                    let Some((_, res)) = results.recv().await else {
+                        break;
+                    };
+                    left -= 1;
+                    count_write(res.map_err(|e| e.class()), replicated);
+                }
+            });
+        }
         let verdict = self.tracker.verdict();
-        let label = if verdict == Verdict::Written {
-            "success"
-        } else {
-            "error"
-        };
-        metrics()
-            .replications
-            .get_or_create(&crate::telemetry::result(label))
-            .inc();
         let class = match verdict {
             Verdict::Written => {
                 return match self.deferred {
@@ -502,9 +522,12 @@ impl Ingest {
         let placed_here = replica > 0
             && (origin.reforwarded || origin.ring == Some(rings.fingerprint()))
             && local_addr.is_some();
+        // Which replicas have a share here: Thanos counts each (endpoint, replica) write.
+        let mut local_replicas = vec![false; routing.rf + 1];
         if placed_here {
             local.clone_from(&valid);
             local_pos.extend(0..valid.len() as u32);
+            local_replicas[0] = true;
         }
         for (pos, &i) in valid.iter().enumerate().filter(|_| !placed_here) {
             let labels = batch.labels_of(&batch.series[i as usize]);
@@ -518,6 +541,7 @@ impl Ingest {
                 if local_addr.as_deref() == Some(ep.address.as_str()) {
                     local.push(i);
                     local_pos.push(pos as u32);
+                    local_replicas[n] = true;
                 } else {
                     let g = fanout.group(ep, n);
                     g.request.push(batch, i);
@@ -538,16 +562,20 @@ impl Ingest {
                 subset = batch.subset(&local);
                 &subset
             };
-            match self.write(tenant, share) {
+            let res = match self.write(tenant, share) {
                 Ok(s) => {
                     summary.appended = s.appended;
-                    tracker.record(&local_pos, Ok(()));
+                    Ok(())
                 }
                 Err((s, e)) => {
                     summary.appended = s.appended;
                     example = Some(e.to_string());
-                    tracker.record(&local_pos, Err(e.class()));
+                    Err(e.class())
                 }
+            };
+            tracker.record(&local_pos, res);
+            for _ in local_replicas.iter().filter(|&&here| here) {
+                count_write(res, replica > 0);
             }
         }
         let deferred = self.invalid_series(batch).err();
@@ -562,6 +590,7 @@ impl Ingest {
             deferred,
             rf: replicas.len(),
             need,
+            already_replicated: replica > 0,
         })
     }
 
@@ -599,6 +628,7 @@ impl Ingest {
             deferred: None,
             rf: routing.rf,
             need,
+            already_replicated: false,
         })
     }
 
