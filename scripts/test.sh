@@ -23,8 +23,14 @@ echo "== formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 
+echo "== real peers for the interop tests (Thanos v0.42.4, Prometheus v3.14.0; built once into ~/.cache/wharf-peers)"
+scripts/peers.sh
+
 echo "== unit, property and end-to-end tests"
 cargo nextest run --lib --bins --tests --no-fail-fast --failure-output final
+
+echo "== fuzz smoke run (each cargo-fuzz target 3 s from its seed corpus; docs/fuzzing.md)"
+scripts/fuzz.sh --seconds 3
 
 echo "== benchmark smoke run (each benchmark once)"
 cargo test --benches --quiet
