@@ -164,3 +164,103 @@ pub fn api_get(
     }
     Ok(v)
 }
+
+impl PeerProc {
+    /// Waits up to `timeout` for the process to exit by itself; `None` if it is still running
+    /// (it is left running: the caller decides, e.g. reads its log and drops it).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The `level=warn` and `level=error` lines of a Thanos log (logfmt): what `thanos tools bucket
+/// verify` reports its findings as (it exits 0 either way), and what a compactor logs before it
+/// halts.
+pub fn warn_or_error_lines(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("level=warn") || l.contains("level=error"))
+        .map(String::from)
+        .collect()
+}
+
+/// `thanos store` over the bucket `objstore_yaml` (syncing it every second instead of every
+/// 15 minutes), caching under `data_dir`; waits until `/-/ready` answers 200 (after its first
+/// sync). Returns the process and its gRPC StoreAPI address.
+pub fn start_thanos_store(
+    name: &str,
+    objstore_yaml: &str,
+    data_dir: &Path,
+    logs: &Path,
+) -> (PeerProc, std::net::SocketAddr) {
+    let (http, grpc) = (super::free_port(), super::free_port());
+    let args = vec![
+        "store".to_string(),
+        format!("--http-address={http}"),
+        format!("--grpc-address={grpc}"),
+        format!("--data-dir={}", data_dir.display()),
+        format!("--objstore.config={objstore_yaml}"),
+        "--sync-block-duration=1s".into(),
+        "--log.level=info".into(),
+    ];
+    let mut proc = PeerProc::spawn(name, &thanos(), &args, logs);
+    proc.wait_http_ok(&format!("http://{http}/-/ready"), Duration::from_secs(60));
+    (proc, grpc)
+}
+
+/// `thanos query` over `endpoints` with `extra` flags; waits until it is ready and lists every
+/// endpoint as a healthy store (it learns their labels some seconds after start). Returns the
+/// process and its HTTP API base URL.
+pub fn start_thanos_query(
+    name: &str,
+    endpoints: &[std::net::SocketAddr],
+    extra: &[&str],
+    logs: &Path,
+) -> (PeerProc, String) {
+    let (http, grpc) = (super::free_port(), super::free_port());
+    let mut args = vec![
+        "query".to_string(),
+        format!("--http-address={http}"),
+        format!("--grpc-address={grpc}"),
+        "--store.sd-interval=1s".into(),
+        "--log.level=info".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args.extend(endpoints.iter().map(|e| format!("--endpoint={e}")));
+    let mut proc = PeerProc::spawn(name, &thanos(), &args, logs);
+    let base = format!("http://{http}");
+    proc.wait_http_ok(&format!("{base}/-/ready"), Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        proc.assert_running();
+        let stores = api_get(&base, "/api/v1/stores", &[]);
+        let healthy = stores.as_ref().map_or(0, |v| {
+            v["data"]
+                .as_object()
+                .into_iter()
+                .flat_map(|m| m.values())
+                .filter_map(|list| list.as_array())
+                .flatten()
+                .filter(|s| s["lastError"].is_null() && s["labelSets"].as_array().is_some())
+                .count()
+        });
+        if healthy == endpoints.len() {
+            return (proc, base);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} does not list {} healthy stores: {stores:?}\n{}",
+            endpoints.len(),
+            tail(&proc.logs(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
