@@ -7,28 +7,13 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::*;
 use wharf::proto::thanos as pb;
 
 const HOUR: i64 = 3600 * 1000;
 const DAY: i64 = 24 * HOUR;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
-}
-
-/// The value of the first `/metrics` line that starts with `prefix` (name and labels).
-fn metric(http: std::net::SocketAddr, prefix: &str) -> Option<f64> {
-    let (_, text) = get(&format!("http://{http}/metrics")).ok()?;
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
 
 /// Polls `cond` until it holds; panics with `what` after `timeout`.
 fn await_cond(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {

@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -25,12 +25,6 @@ fn start(extra: &[&str]) -> Node {
     let p = Proc::spawn(dir.path(), extra);
     wait_ready(p.http, Duration::from_secs(60));
     Node { p, _dir: dir }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn body(name: &str) -> Vec<u8> {

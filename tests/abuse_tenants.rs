@@ -6,17 +6,10 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::*;
 use wharf::proto::thanos as pb;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
-}
 
 /// The binary under `prlimit --nofile=N:N`, so that neither limit can be raised past N.
 fn spawn_limited(data: &Path, ports: Ports, nofile: u32, extra: &[&str]) -> Proc {
@@ -46,13 +39,6 @@ fn spawn_limited(data: &Path, ports: Ports, nofile: u32, extra: &[&str]) -> Proc
     };
     wait_ready(p.http, Duration::from_secs(120));
     p
-}
-
-fn metric(http: std::net::SocketAddr, prefix: &str) -> Option<f64> {
-    let (_, text) = get(&format!("http://{http}/metrics")).ok()?;
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// The `tenant_id` of every series named `name` the node serves, sorted.

@@ -61,13 +61,6 @@ const SECRET: &str = "wharf-interop-secret";
 /// Sorted label pairs → every (t, value bits), in order.
 type SeriesSet = BTreeMap<Series, Vec<(i64, u64)>>;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
-}
-
 /// Three days back, aligned to the compactor's 8h level so that the four cut blocks fill one.
 fn base() -> i64 {
     (now_ms() - 3 * 24 * HOUR) / LEVEL2 * LEVEL2

@@ -7,7 +7,7 @@ mod common;
 #[path = "../benches/shapes/avalanche.rs"]
 mod avalanche;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use avalanche::Avalanche;
 use common::peers::{prometheus3, PeerProc};
@@ -20,13 +20,6 @@ const SHAPE: Avalanche = Avalanche {
     metrics: 100,
     series_per_metric: 1000,
 };
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
-}
 
 /// Sum of the values of every `/metrics` line of `name` (with any labels).
 fn metric_sum(http: std::net::SocketAddr, name: &str) -> f64 {

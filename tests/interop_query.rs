@@ -37,13 +37,6 @@ type Labels = BTreeMap<String, String>;
 /// A query result: each series' labels and its (t ms, value) points (one for an instant vector).
 type Vector = BTreeMap<Labels, Vec<(i64, f64)>>;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
-}
-
 /// An API timestamp in seconds with millisecond precision.
 fn ts(ms: i64) -> String {
     format!("{}.{:03}", ms / 1000, ms % 1000)

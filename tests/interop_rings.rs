@@ -32,7 +32,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::peers::{api_get, tail, thanos, PeerProc};
+use common::peers::{
+    api_get, retry_port_race, thanos, wait_all_ready, Kind, PeerProc, ReceiveNode,
+};
 use common::*;
 use wharf::hashring::{series_hash, Algorithm, Hashrings};
 use wharf::proto::prom::TimeSeries;
@@ -52,13 +54,6 @@ type Key = (String, Vec<(String, String)>);
 type Samples = Vec<(i64, u64)>;
 type Holdings = BTreeMap<Key, Samples>;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
-}
-
 /// An API timestamp in seconds with millisecond precision.
 fn api_ts(ms: i64) -> String {
     format!("{}.{:03}", ms / 1000, ms % 1000)
@@ -75,226 +70,68 @@ struct Common<'a> {
     dir: &'a Path,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Thanos,
-    Wharf,
-}
-
-enum Running {
-    Thanos(PeerProc),
-    Wharf(Proc),
-}
-
-/// One `thanos receive` or Wharf process: ingestor or router.
-struct Node {
-    name: String,
+/// Starts `name` on the given ports with the flags both programs take alike; `local` makes it an
+/// ingestor.
+fn start_node(
+    name: &str,
     kind: Kind,
-    ports: Ports,
-    proc: Option<Running>,
+    local: bool,
+    (ports, capnp): (Ports, SocketAddr),
+    c: &Common,
+) -> ReceiveNode {
+    let mut flags = vec![
+        format!("--label={REPLICA}=\"{name}\""),
+        format!("--receive.capnproto-address={capnp}"),
+        format!("--receive.hashrings-file={}", c.ring.display()),
+        format!("--receive.hashrings-algorithm={}", c.algo),
+        format!("--receive.replication-factor={}", c.rf),
+        "--receive.replication-protocol=protobuf".into(),
+        "--receive.grpc-compression=snappy".into(),
+    ];
+    if local {
+        flags.push(format!("--receive.local-endpoint={}", ports.grpc));
+    }
+    ReceiveNode::start(name, kind, ports, &flags, c.dir)
 }
 
-impl Node {
-    /// Starts `name` on the given ports with the flags both programs take alike; `local` makes
-    /// it an ingestor.
-    fn start(
-        name: &str,
-        kind: Kind,
-        local: bool,
-        (ports, capnp): (Ports, SocketAddr),
-        c: &Common,
-    ) -> Self {
-        let (ring, algo, rf, dir) = (c.ring, c.algo, c.rf, c.dir);
-        let mut flags = vec![
-            format!("--label={REPLICA}=\"{name}\""),
-            format!("--receive.capnproto-address={capnp}"),
-            format!("--receive.hashrings-file={}", ring.display()),
-            format!("--receive.hashrings-algorithm={algo}"),
-            format!("--receive.replication-factor={rf}"),
-            "--receive.replication-protocol=protobuf".into(),
-            "--receive.grpc-compression=snappy".into(),
-        ];
-        if local {
-            flags.push(format!("--receive.local-endpoint={}", ports.grpc));
-        }
-        let data = dir.join(name);
-        let proc = match kind {
-            Kind::Thanos => {
-                let mut args = vec![
-                    "receive".to_string(),
-                    format!("--remote-write.address={}", ports.rw),
-                    format!("--grpc-address={}", ports.grpc),
-                    format!("--http-address={}", ports.http),
-                    format!("--tsdb.path={}", data.display()),
-                ];
-                args.extend(flags);
-                Running::Thanos(PeerProc::spawn(name, &thanos(), &args, &dir.join("logs")))
-            }
-            Kind::Wharf => {
-                let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-                Running::Wharf(Proc::spawn_at(&data, ports, &flags, &[]))
-            }
+/// Every series of [`METRIC`] this ingestor's StoreAPI holds, by (tenant, own labels). The
+/// external labels must be this node's `replica` and a `tenant_id`.
+fn holdings(node: &ReceiveNode) -> Result<Holdings, String> {
+    let mut store = StoreApi::connect(node.ports.grpc);
+    let (series, warnings) = store
+        .series(wharf::proto::thanos::SeriesRequest {
+            min_time: 0,
+            max_time: i64::MAX,
+            matchers: vec![eq("__name__", METRIC)],
+            ..Default::default()
+        })
+        .map_err(|e| format!("{}: Series: {e}", node.name))?;
+    if !warnings.is_empty() {
+        return Err(format!("{}: Series warnings: {warnings:?}", node.name));
+    }
+    let mut out = Holdings::new();
+    for s in &series {
+        let mut labels = pairs(s);
+        let mut take = |name: &str| {
+            let i = labels.iter().position(|(n, _)| n == name)?;
+            Some(labels.remove(i).1)
         };
-        Self {
-            name: name.into(),
-            kind,
-            ports,
-            proc: Some(proc),
+        let (replica, tenant) = (take(REPLICA), take(TENANT_LABEL));
+        if replica.as_deref() != Some(node.name.as_str()) {
+            return Err(format!(
+                "{}: series {:?} carries {REPLICA}={replica:?}",
+                node.name,
+                pairs(s)
+            ));
         }
+        let tenant =
+            tenant.ok_or_else(|| format!("{}: no {TENANT_LABEL} on {:?}", node.name, pairs(s)))?;
+        out.entry((tenant, labels)).or_default().extend(samples(s));
     }
-
-    fn logs(&self) -> String {
-        match &self.proc {
-            Some(Running::Thanos(p)) => p.logs(),
-            Some(Running::Wharf(p)) => p.logs(),
-            None => String::new(),
-        }
+    for v in out.values_mut() {
+        v.sort();
     }
-
-    fn is_up(&self) -> bool {
-        self.proc.is_some()
-    }
-
-    /// The exit status, if the process (not killed by the test) has exited.
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        let child = match &mut self.proc {
-            Some(Running::Thanos(p)) => &mut p.child,
-            Some(Running::Wharf(p)) => &mut p.child,
-            None => return None,
-        };
-        child.try_wait().ok().flatten()
-    }
-
-    /// Panics, with the log's tail, if the process has exited by itself.
-    fn assert_running(&mut self) {
-        if let Some(status) = self.exited() {
-            panic!(
-                "{} exited by itself ({status}); log tail:\n{}",
-                self.name,
-                tail(&self.logs(), 40)
-            );
-        }
-    }
-
-    /// Polls `/-/ready` until 200; `Err` with the log's tail if the process exits or time is up.
-    fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
-        let url = format!("http://{}/-/ready", self.ports.http);
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.exited() {
-                return Err(format!(
-                    "{} exited at start ({status}); log tail:\n{}",
-                    self.name,
-                    tail(&self.logs(), 40)
-                ));
-            }
-            if let Ok((200, _)) = get(&url) {
-                return Ok(());
-            }
-            if start.elapsed() > timeout {
-                return Err(format!(
-                    "{}: {url} not 200 within {timeout:?}; log tail:\n{}",
-                    self.name,
-                    tail(&self.logs(), 40)
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGKILL, then wait until its ports refuse connections.
-    fn kill(&mut self) {
-        match self.proc.take() {
-            Some(Running::Thanos(mut p)) => {
-                let _ = p.child.kill();
-                let _ = p.child.wait();
-            }
-            Some(Running::Wharf(p)) => p.kill9(),
-            None => {}
-        }
-        let start = Instant::now();
-        while std::net::TcpStream::connect_timeout(&self.ports.grpc, Duration::from_millis(200))
-            .is_ok()
-        {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "{}: gRPC port still open after kill",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Sum of every sample of metric `name` on `/metrics` (0 if absent).
-    fn metric_sum(&self, name: &str) -> Result<f64, String> {
-        let (code, text) = get(&format!("http://{}/metrics", self.ports.http))?;
-        if code != 200 {
-            return Err(format!("{}: /metrics answered {code}", self.name));
-        }
-        Ok(text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
-            + 0.0)
-    }
-
-    /// Every series of [`METRIC`] this ingestor's StoreAPI holds, by (tenant, own labels). The
-    /// external labels must be this node's `replica` and a `tenant_id`.
-    fn holdings(&self) -> Result<Holdings, String> {
-        let mut store = StoreApi::connect(self.ports.grpc);
-        let (series, warnings) = store
-            .series(wharf::proto::thanos::SeriesRequest {
-                min_time: 0,
-                max_time: i64::MAX,
-                matchers: vec![eq("__name__", METRIC)],
-                ..Default::default()
-            })
-            .map_err(|e| format!("{}: Series: {e}", self.name))?;
-        if !warnings.is_empty() {
-            return Err(format!("{}: Series warnings: {warnings:?}", self.name));
-        }
-        let mut out = Holdings::new();
-        for s in &series {
-            let mut labels = pairs(s);
-            let mut take = |name: &str| {
-                let i = labels.iter().position(|(n, _)| n == name)?;
-                Some(labels.remove(i).1)
-            };
-            let (replica, tenant) = (take(REPLICA), take(TENANT_LABEL));
-            if replica.as_deref() != Some(self.name.as_str()) {
-                return Err(format!(
-                    "{}: series {:?} carries {REPLICA}={replica:?}",
-                    self.name,
-                    pairs(s)
-                ));
-            }
-            let tenant = tenant
-                .ok_or_else(|| format!("{}: no {TENANT_LABEL} on {:?}", self.name, pairs(s)))?;
-            out.entry((tenant, labels)).or_default().extend(samples(s));
-        }
-        for v in out.values_mut() {
-            v.sort();
-        }
-        Ok(out)
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        // PeerProc prints its own log when the test fails; the Wharf binary's is printed here.
-        if std::thread::panicking() && self.kind == Kind::Wharf && self.is_up() {
-            eprintln!(
-                "---- {} log (tail) ----\n{}",
-                self.name,
-                tail(&self.logs(), 60)
-            );
-        }
-    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -349,8 +186,8 @@ struct Setup {
     rf: usize,
     quorum: usize,
     rings: Hashrings,
-    ingestors: Vec<Node>,
-    routers: Vec<Node>,
+    ingestors: Vec<ReceiveNode>,
+    routers: Vec<ReceiveNode>,
     began: Instant,
     /// Per ingestor: what it must hold (lower) and may hold (upper).
     must: Vec<Holdings>,
@@ -365,16 +202,7 @@ impl Setup {
     /// start failure fails the test.
     fn start(algo: &'static str, rf: usize) -> Self {
         thanos(); // fails at once, naming scripts/peers.sh, if the peer is missing
-        for attempt in 1..=3 {
-            match Self::try_start(algo, rf) {
-                Ok(s) => return s,
-                Err(e) => eprintln!(
-                    "[{algo} rf{rf}] start attempt {attempt}: {}",
-                    e.lines().next().unwrap_or_default()
-                ),
-            }
-        }
-        panic!("[{algo} rf{rf}] three starts lost a port race; see above");
+        retry_port_race(&format!("[{algo} rf{rf}]"), || Self::try_start(algo, rf))
     }
 
     fn try_start(algo: &'static str, rf: usize) -> Result<Self, String> {
@@ -419,26 +247,21 @@ impl Setup {
             rf,
             dir: dir.path(),
         };
-        let mut ingestors: Vec<Node> = specs
+        let mut ingestors: Vec<ReceiveNode> = specs
             .iter()
             .zip(&planned)
             .map(|(&(name, kind), &(ports, capnp))| {
-                Node::start(name, kind, true, (ports, capnp), &common)
+                start_node(name, kind, true, (ports, capnp), &common)
             })
             .collect();
         let fresh = || (Ports::fresh(), free_port());
         let mut routers = vec![
-            Node::start("thanos-router", Kind::Thanos, false, fresh(), &common),
-            Node::start("wharf-router", Kind::Wharf, false, fresh(), &common),
+            start_node("thanos-router", Kind::Thanos, false, fresh(), &common),
+            start_node("wharf-router", Kind::Wharf, false, fresh(), &common),
         ];
-        for n in ingestors.iter_mut().chain(routers.iter_mut()) {
-            if let Err(e) = n.wait_ready(Duration::from_secs(30)) {
-                if n.logs().to_lowercase().contains("address already in use") {
-                    return Err(e);
-                }
-                panic!("[{algo} rf{rf}] {e}");
-            }
-        }
+        let mut all: Vec<&mut ReceiveNode> =
+            ingestors.iter_mut().chain(routers.iter_mut()).collect();
+        wait_all_ready(&mut all, &format!("[{algo} rf{rf}]"))?;
         eprintln!(
             "[{algo} rf{rf}] ring {ring_json}; 6 nodes ready after {:?}",
             began.elapsed()
@@ -554,7 +377,7 @@ impl Setup {
 
     fn placement_error(&self, i: usize) -> Result<(), String> {
         let node = &self.ingestors[i];
-        let got = node.holdings()?;
+        let got = holdings(node)?;
         let (must, may) = (&self.must[i], &self.may[i]);
         let missing: Vec<_> = must.keys().filter(|k| !got.contains_key(*k)).collect();
         let extra: Vec<_> = got.keys().filter(|k| !may.contains_key(*k)).collect();
@@ -655,7 +478,7 @@ impl Setup {
             }
         }
         let mut bad = Vec::new();
-        let mut check = |n: &Node, name: &str, want: usize| match n.metric_sum(name) {
+        let mut check = |n: &ReceiveNode, name: &str, want: usize| match n.metric_sum(name) {
             Ok(v) if v == want as f64 => {}
             Ok(v) => bad.push(format!(
                 "{} ({:?}): {name} = {v}, Thanos's semantics give {want}",

@@ -40,13 +40,6 @@ const NAMES: &[&str] = &[
 /// One series: sorted label pairs and its (t ms, value) samples in time order.
 type Data = BTreeMap<Series, Vec<(i64, f64)>>;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 /// The Prometheus child: killed on drop; on a failing test its log and Wharf's are printed.
 struct PromGuard {
     child: Child,

@@ -18,13 +18,6 @@ const MAX_TIME: i64 = 253_402_300_799_000;
 /// Longest gRPC error message accepted here: a few hundred bytes of text plus a bounded echo.
 const MESSAGE_MAX: usize = 1024;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 fn store_with(n: usize) -> Receiver {
     let rx = Receiver::start(&["--label", "region=\"eu-west\""]);
     let now = now_ms();

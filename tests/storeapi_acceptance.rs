@@ -19,13 +19,6 @@ fn w() -> Vec<String> {
     vec!["replica".into(), "tenant_id".into()]
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 /// A fresh receiver holding the given series, each with one sample.
 /// Label pairs, timestamp and value of one series' only sample.
 type OneSample<'a> = (&'a [(&'a str, &'a str)], i64, f64);

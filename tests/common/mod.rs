@@ -439,3 +439,108 @@ pub fn promtool_dump_count(dir: &Path, name: &str) -> usize {
         .filter(|l| l.starts_with(&prefix))
         .count()
 }
+
+/// Wall-clock milliseconds since the epoch, as senders stamp samples.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock before 1970")
+        .as_millis() as i64
+}
+
+/// The value of the first `/metrics` line of the node at `http` that starts with `prefix`
+/// (a name and, optionally, labels).
+pub fn metric(http: SocketAddr, prefix: &str) -> Option<f64> {
+    let (_, text) = get(&format!("http://{http}/metrics")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// A request as [`serve_http`] hands it to its handler.
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// An answer: status, extra headers, body.
+pub type HttpAnswer = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// Serves HTTP/1.1 on a loopback port of its own until the test ends, one request per
+/// connection (each answered with `Connection: close`): a scrape target or a proxy in front of
+/// a node. Heads are bounded to 64 KiB and bodies to 64 MiB; anything else gets no answer.
+pub fn serve_http(handler: impl Fn(HttpRequest) -> HttpAnswer + Send + 'static) -> SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut data = Vec::new();
+            let mut buf = [0u8; 16 * 1024];
+            let head_end = loop {
+                if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break Some(i + 4);
+                }
+                if data.len() > 64 * 1024 {
+                    break None;
+                }
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break None,
+                    Ok(k) => data.extend_from_slice(&buf[..k]),
+                }
+            };
+            let Some(head_end) = head_end else { continue };
+            let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
+            let mut lines = head.split("\r\n");
+            let mut first = lines.next().unwrap_or_default().split(' ');
+            let (method, path) = (
+                first.next().unwrap_or_default(),
+                first.next().unwrap_or_default(),
+            );
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+                .collect();
+            let len = headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if len > 64 << 20 {
+                continue;
+            }
+            let mut body = data[head_end..].to_vec();
+            while body.len() < len {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => body.extend_from_slice(&buf[..k]),
+                }
+            }
+            body.truncate(len);
+            let (code, extra, out) = handler(HttpRequest {
+                method: method.to_string(),
+                path: path.to_string(),
+                headers,
+                body,
+            });
+            let mut resp = format!(
+                "HTTP/1.1 {code} {}\r\n",
+                if code < 300 { "OK" } else { "Error" }
+            );
+            for (n, v) in &extra {
+                resp.push_str(&format!("{n}: {v}\r\n"));
+            }
+            resp.push_str(&format!(
+                "Content-Length: {}\r\nConnection: close\r\n\r\n",
+                out.len()
+            ));
+            let _ = conn.write_all(resp.as_bytes());
+            let _ = conn.write_all(&out);
+        }
+    });
+    addr
+}

@@ -264,3 +264,282 @@ pub fn start_thanos_query(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Which program a receive node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Thanos,
+    Wharf,
+}
+
+enum Running {
+    Thanos(PeerProc),
+    Wharf(super::Proc),
+}
+
+/// One `thanos receive` (v0.42.4) or Wharf process, router, ingestor or both, started with
+/// flags both programs take alike.
+pub struct ReceiveNode {
+    pub name: String,
+    pub kind: Kind,
+    pub ports: super::Ports,
+    proc: Option<Running>,
+}
+
+impl ReceiveNode {
+    /// Starts `name` on `ports` with its data in `<dir>/<name>` and `flags`. A Thanos node also
+    /// gets a `--receive.capnproto-address` of its own unless `flags` names one (every Thanos
+    /// receive binds port 19391 otherwise); its log goes to `<dir>/logs`.
+    pub fn start(
+        name: &str,
+        kind: Kind,
+        ports: super::Ports,
+        flags: &[String],
+        dir: &Path,
+    ) -> Self {
+        let data = dir.join(name);
+        let proc = match kind {
+            Kind::Thanos => {
+                let mut args = vec![
+                    "receive".to_string(),
+                    format!("--remote-write.address={}", ports.rw),
+                    format!("--grpc-address={}", ports.grpc),
+                    format!("--http-address={}", ports.http),
+                    format!("--tsdb.path={}", data.display()),
+                ];
+                if !flags
+                    .iter()
+                    .any(|f| f.starts_with("--receive.capnproto-address"))
+                {
+                    args.push(format!(
+                        "--receive.capnproto-address={}",
+                        super::free_port()
+                    ));
+                }
+                args.extend(flags.iter().cloned());
+                Running::Thanos(PeerProc::spawn(name, &thanos(), &args, &dir.join("logs")))
+            }
+            Kind::Wharf => {
+                let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+                Running::Wharf(super::Proc::spawn_at(&data, ports, &flags, &[]))
+            }
+        };
+        Self {
+            name: name.into(),
+            kind,
+            ports,
+            proc: Some(proc),
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        match &self.proc {
+            Some(Running::Thanos(p)) => p.logs(),
+            Some(Running::Wharf(p)) => p.logs(),
+            None => String::new(),
+        }
+    }
+
+    /// Whether the test has not killed it.
+    pub fn is_up(&self) -> bool {
+        self.proc.is_some()
+    }
+
+    /// The exit status, if the process (not killed by the test) has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let child = match &mut self.proc {
+            Some(Running::Thanos(p)) => &mut p.child,
+            Some(Running::Wharf(p)) => &mut p.child,
+            None => return None,
+        };
+        child.try_wait().ok().flatten()
+    }
+
+    /// Panics, with the log's tail, if the process has exited by itself.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.exited() {
+            panic!(
+                "{} exited by itself ({status}); log tail:\n{}",
+                self.name,
+                tail(&self.logs(), 40)
+            );
+        }
+    }
+
+    /// Polls `/-/ready` until 200; `Err` with the log's tail if the process exits or time is up.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let url = format!("http://{}/-/ready", self.ports.http);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.exited() {
+                return Err(format!(
+                    "{} exited at start ({status}); log tail:\n{}",
+                    self.name,
+                    tail(&self.logs(), 40)
+                ));
+            }
+            if let Ok((200, _)) = super::get(&url) {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "{}: {url} not 200 within {timeout:?}; log tail:\n{}",
+                    self.name,
+                    tail(&self.logs(), 40)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, then wait until its gRPC port refuses connections.
+    pub fn kill(&mut self) {
+        match self.proc.take() {
+            Some(Running::Thanos(mut p)) => {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            }
+            Some(Running::Wharf(p)) => p.kill9(),
+            None => {}
+        }
+        let start = Instant::now();
+        while std::net::TcpStream::connect_timeout(&self.ports.grpc, Duration::from_millis(200))
+            .is_ok()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{}: gRPC port still open after kill",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sum of every sample of metric `name` on its `/metrics` (0 if absent).
+    pub fn metric_sum(&self, name: &str) -> Result<f64, String> {
+        let (code, text) = super::get(&format!("http://{}/metrics", self.ports.http))?;
+        if code != 200 {
+            return Err(format!("{}: /metrics answered {code}", self.name));
+        }
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+            + 0.0)
+    }
+}
+
+impl Drop for ReceiveNode {
+    fn drop(&mut self) {
+        // PeerProc prints its own log when the test fails; the Wharf binary's is printed here.
+        if std::thread::panicking() && self.kind == Kind::Wharf && self.is_up() {
+            eprintln!(
+                "---- {} log (tail) ----\n{}",
+                self.name,
+                tail(&self.logs(), 60)
+            );
+        }
+    }
+}
+
+/// Waits until every node is ready. Ports are picked free and then bound by each child, so
+/// another process may take one in between: `Err` when a node lost that race (the caller starts
+/// its setup again on other ports); any other start failure panics.
+pub fn wait_all_ready(nodes: &mut [&mut ReceiveNode], tag: &str) -> Result<(), String> {
+    for n in nodes.iter_mut() {
+        if let Err(e) = n.wait_ready(Duration::from_secs(30)) {
+            if n.logs().to_lowercase().contains("address already in use") {
+                return Err(e);
+            }
+            panic!("{tag} {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Runs `start` until it does not lose a port race ([`wait_all_ready`]), at most three times.
+pub fn retry_port_race<T>(tag: &str, mut start: impl FnMut() -> Result<T, String>) -> T {
+    for attempt in 1..=3 {
+        match start() {
+            Ok(s) => return s,
+            Err(e) => eprintln!(
+                "{tag} start attempt {attempt}: {}",
+                e.lines().next().unwrap_or_default()
+            ),
+        }
+    }
+    panic!("{tag} three starts lost a port race; see above");
+}
+
+/// What a Prometheus 3 scrapes and where it remote-writes.
+pub struct PromSpec<'a> {
+    /// `global.external_labels`, which remote write adds to every series.
+    pub external: &'a [(&'a str, &'a str)],
+    pub job: &'a str,
+    /// Scrape targets; `None` scrapes the Prometheus itself.
+    pub targets: Option<Vec<String>>,
+    /// Remote-write URLs, each its own queue.
+    pub remote_writes: Vec<String>,
+    /// Scrape native histograms and send them.
+    pub native_histograms: bool,
+}
+
+/// Starts Prometheus 3.14 with `spec`, scraping every second and sending with a short batch
+/// deadline and back-off, its data and log under `dir`; waits until it is ready. Returns it and
+/// its web address.
+pub fn start_prometheus3(
+    name: &str,
+    spec: &PromSpec,
+    dir: &Path,
+) -> (PeerProc, std::net::SocketAddr) {
+    let web = super::free_port();
+    let targets = spec
+        .targets
+        .clone()
+        .unwrap_or_else(|| vec![web.to_string()]);
+    let mut cfg = String::from("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n");
+    if spec.native_histograms {
+        cfg.push_str("  scrape_native_histograms: true\n");
+    }
+    cfg.push_str("  external_labels:\n");
+    for (n, v) in spec.external {
+        cfg.push_str(&format!("    {n}: '{v}'\n"));
+    }
+    cfg.push_str(&format!(
+        "scrape_configs:\n  - job_name: {}\n    static_configs:\n      - targets: [{}]\n",
+        spec.job,
+        targets
+            .iter()
+            .map(|t| format!("'{t}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    cfg.push_str("remote_write:\n");
+    for url in &spec.remote_writes {
+        cfg.push_str(&format!("  - url: {url}\n"));
+        if spec.native_histograms {
+            cfg.push_str("    send_native_histograms: true\n");
+        }
+        cfg.push_str(
+            "    queue_config:\n      batch_send_deadline: 500ms\n      min_backoff: 50ms\n      \
+             max_backoff: 1s\n",
+        );
+    }
+    let home = dir.join(name);
+    std::fs::create_dir_all(&home).expect("prometheus dir");
+    let config = home.join("prometheus.yml");
+    std::fs::write(&config, &cfg).expect("write prometheus.yml");
+    let args = vec![
+        format!("--config.file={}", config.display()),
+        format!("--storage.tsdb.path={}", home.join("data").display()),
+        format!("--web.listen-address={web}"),
+    ];
+    let mut proc = PeerProc::spawn(name, &prometheus3(), &args, &dir.join("logs"));
+    proc.wait_http_ok(&format!("http://{web}/-/ready"), Duration::from_secs(60));
+    (proc, web)
+}
