@@ -742,15 +742,14 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Request builders for the tests of this and the storage modules.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
     use crate::proto::prom::{Sample, TimeSeries, WriteRequest};
     use crate::proto::thanos::Label;
-    use proptest::prelude::*;
     use prost::Message;
 
-    fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
+    pub(crate) fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
         TimeSeries {
             labels: labels
                 .iter()
@@ -769,6 +768,25 @@ mod tests {
             ..Default::default()
         }
     }
+
+    /// A request of one series `{__name__="<name>"}` with the sample 1.0 at `t`.
+    pub(crate) fn one_sample(name: &str, t: i64) -> Vec<u8> {
+        WriteRequest {
+            timeseries: vec![series(&[("__name__", name)], &[(t, 1.0)])],
+            metadata: vec![],
+        }
+        .encode_to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::series;
+    use super::*;
+    use crate::proto::prom::{Sample, TimeSeries, WriteRequest};
+    use crate::proto::thanos::Label;
+    use proptest::prelude::*;
+    use prost::Message;
 
     /// Hand-encodes a one-series request whose label fields are given as raw bytes.
     fn raw_request(label_fields: &[Vec<u8>]) -> Vec<u8> {

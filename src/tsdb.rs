@@ -741,50 +741,14 @@ impl Tsdb {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::prom::{Sample, TimeSeries, WriteRequest};
-    use crate::proto::thanos::Label;
-    use prost::Message;
-
     const RANGE: i64 = 2 * 3600 * 1000;
 
     fn append(db: &Tsdb, t: i64) {
-        let req = WriteRequest {
-            timeseries: vec![TimeSeries {
-                labels: vec![Label {
-                    name: "__name__".into(),
-                    value: "m".into(),
-                }],
-                samples: vec![Sample {
-                    timestamp: t,
-                    value: 1.0,
-                }],
-                ..Default::default()
-            }],
-            metadata: vec![],
-        }
-        .encode_to_vec();
-        let res = db
-            .append(&crate::remote_write::decode(&req).unwrap())
-            .unwrap();
-        assert_eq!(res.appended, 1);
+        assert_eq!(write(db, "m", t).appended, 1);
     }
 
     fn write(db: &Tsdb, name: &str, t: i64) -> AppendResult {
-        let req = WriteRequest {
-            timeseries: vec![TimeSeries {
-                labels: vec![Label {
-                    name: "__name__".into(),
-                    value: name.into(),
-                }],
-                samples: vec![Sample {
-                    timestamp: t,
-                    value: 1.0,
-                }],
-                ..Default::default()
-            }],
-            metadata: vec![],
-        }
-        .encode_to_vec();
+        let req = crate::remote_write::testing::one_sample(name, t);
         db.append(&crate::remote_write::decode(&req).unwrap())
             .unwrap()
     }

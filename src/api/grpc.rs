@@ -318,22 +318,21 @@ impl store_server::Store for GrpcState {
         &self,
         req: Request<pb::LabelNamesRequest>,
     ) -> Result<Response<pb::LabelNamesResponse>, Status> {
-        let ingest = self.ingest()?.clone();
         let r = req.into_inner();
         let abort = aborts(r.partial_response_disabled, r.partial_response_strategy);
-        let r = QUERIES
-            .run("label names", move || {
-                let q = label_query(
-                    r.start,
-                    r.end,
-                    &r.matchers,
-                    r.without_replica_labels,
-                    r.limit,
-                    abort,
-                )?;
-                store::label_names(ingest.tsdb(), &q).map_err(|e| status(e.class(), e.to_string()))
-            })
-            .await??;
+        let parse = move || {
+            label_query(
+                r.start,
+                r.end,
+                &r.matchers,
+                r.without_replica_labels,
+                r.limit,
+                abort,
+            )
+        };
+        let r = self
+            .label_request("label names", parse, store::label_names)
+            .await?;
         Ok(Response::new(pb::LabelNamesResponse {
             names: r.values,
             warnings: r.warnings,
@@ -345,28 +344,53 @@ impl store_server::Store for GrpcState {
         &self,
         req: Request<pb::LabelValuesRequest>,
     ) -> Result<Response<pb::LabelValuesResponse>, Status> {
-        let ingest = self.ingest()?.clone();
-        let r = req.into_inner();
+        let mut r = req.into_inner();
         let abort = aborts(r.partial_response_disabled, r.partial_response_strategy);
-        let r = QUERIES
-            .run("label values", move || {
-                let q = label_query(
-                    r.start,
-                    r.end,
-                    &r.matchers,
-                    r.without_replica_labels,
-                    r.limit,
-                    abort,
-                )?;
-                store::label_values(ingest.tsdb(), &r.label, &q)
-                    .map_err(|e| status(e.class(), e.to_string()))
+        let label = std::mem::take(&mut r.label);
+        let parse = move || {
+            label_query(
+                r.start,
+                r.end,
+                &r.matchers,
+                r.without_replica_labels,
+                r.limit,
+                abort,
+            )
+        };
+        let r = self
+            .label_request("label values", parse, move |db, q| {
+                store::label_values(db, &label, q)
             })
-            .await??;
+            .await?;
         Ok(Response::new(pb::LabelValuesResponse {
             values: r.values,
             warnings: r.warnings,
             hints: None,
         }))
+    }
+}
+
+impl GrpcState {
+    /// A label-names or label-values query through the query gate: its matchers are parsed
+    /// (regexes compiled) and `answer` runs on the blocking pool.
+    async fn label_request(
+        &self,
+        what: &'static str,
+        parse: impl FnOnce() -> Result<LabelQuery, Status> + Send + 'static,
+        answer: impl FnOnce(
+                &crate::multitsdb::MultiTsdb,
+                &LabelQuery,
+            ) -> Result<store::LabelResult, store::StoreError>
+            + Send
+            + 'static,
+    ) -> Result<store::LabelResult, Status> {
+        let ingest = self.ingest()?.clone();
+        QUERIES
+            .run(what, move || {
+                let q = parse()?;
+                answer(ingest.tsdb(), &q).map_err(|e| status(e.class(), e.to_string()))
+            })
+            .await?
     }
 }
 

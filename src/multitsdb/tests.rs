@@ -1,8 +1,5 @@
 use super::*;
 use crate::model::{MatchType, Matcher};
-use crate::proto::prom::{Sample, TimeSeries, WriteRequest};
-use crate::proto::thanos::Label as PbLabel;
-use prost::Message;
 
 fn options(dir: &std::path::Path, max_tenants: usize, max_open_wals: usize) -> Options {
     Options {
@@ -19,21 +16,7 @@ fn options(dir: &std::path::Path, max_tenants: usize, max_open_wals: usize) -> O
 }
 
 fn write(db: &MultiTsdb, tenant: &str, t: i64) -> Result<AppendResult, MultiTsdbError> {
-    let req = WriteRequest {
-        timeseries: vec![TimeSeries {
-            labels: vec![PbLabel {
-                name: "__name__".into(),
-                value: "up".into(),
-            }],
-            samples: vec![Sample {
-                timestamp: t,
-                value: 1.0,
-            }],
-            ..Default::default()
-        }],
-        metadata: vec![],
-    }
-    .encode_to_vec();
+    let req = crate::remote_write::testing::one_sample("up", t);
     let batch = crate::remote_write::decode(&req).unwrap();
     db.append(&TenantId::new(tenant).unwrap(), &batch)
 }
