@@ -318,7 +318,7 @@ fn series_labels(s: usize, generation: u64, metrics: usize) -> Vec<Label> {
     let m = s % metrics;
     let j = s / metrics;
     let host = j / 4;
-    let name = if m % 2 == 0 {
+    let name = if m.is_multiple_of(2) {
         format!("app_http_requests_{m}_total")
     } else {
         format!("app_memory_usage_{m}_bytes")
@@ -355,7 +355,7 @@ fn series_labels(s: usize, generation: u64, metrics: usize) -> Vec<Label> {
 fn sample_value(s: usize, generation: u64, r: u64, metrics: usize) -> f64 {
     let h = splitmix((s as u64) << 16 ^ generation);
     let jitter = splitmix(h ^ r);
-    if (s % metrics) % 2 == 0 {
+    if (s % metrics).is_multiple_of(2) {
         let step = 1 + h % 1000;
         (1 + h % 100_000 + r * step + jitter % step) as f64
     } else {

@@ -80,6 +80,14 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
         .map_err(|source| AppError::Bind { addr, source })
 }
 
+/// A node with hashrings and no local endpoint only forwards: it opens no TSDB and touches no
+/// disk, as Thanos's router-only mode.
+fn router_only(cfg: &ReceiveConfig) -> bool {
+    cfg.routing
+        .as_ref()
+        .is_some_and(|rc| rc.local_endpoint.is_none())
+}
+
 /// Binds every listener, then opens the TSDBs in the background; `/-/ready` turns ready when
 /// every tenant's WAL has been replayed.
 pub async fn start(cfg: ReceiveConfig) -> Result<Running, AppError> {
@@ -89,6 +97,10 @@ pub async fn start(cfg: ReceiveConfig) -> Result<Running, AppError> {
         None => None,
     };
     let shipper = match &cfg.objstore {
+        Some(_) if router_only(&cfg) => {
+            tracing::info!("router only: no blocks to upload; the object storage flags are unused");
+            None
+        }
         Some(yaml) => {
             let bucket =
                 crate::objstore::from_yaml(yaml).map_err(|e| AppError::Server(e.to_string()))?;
@@ -423,9 +435,13 @@ async fn run(
 
     let started = Instant::now();
     let opts = cfg.multitsdb.clone();
-    let opened = tokio::select! {
-        r = tokio::task::spawn_blocking(move || MultiTsdb::open(opts)) => Some(r),
-        _ = stopped(rx.clone()) => None,
+    let opened = if router_only(&cfg) {
+        Some(Ok(Ok(MultiTsdb::router_only(opts))))
+    } else {
+        tokio::select! {
+            r = tokio::task::spawn_blocking(move || MultiTsdb::open(opts)) => Some(r),
+            _ = stopped(rx.clone()) => None,
+        }
     };
     let tsdb = match opened {
         Some(Ok(Ok(db))) => Some(Arc::new(db)),
@@ -460,7 +476,7 @@ async fn run(
         ))),
         _ => None,
     };
-    let compactor = tsdb.clone().map(|db| {
+    let compactor = tsdb.clone().filter(|_| !router_only(&cfg)).map(|db| {
         let (every, rx, cut) = (cfg.compaction_interval, rx.clone(), cut.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);

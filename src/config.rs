@@ -242,6 +242,9 @@ pub struct ReceiveArgs {
     /// Snappy-compress WAL records.
     #[arg(long = "tsdb.wal-compression", env = "WHARF_TSDB_WAL_COMPRESSION", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub wal_compression: bool,
+    /// Do not lock --tsdb.path: a second process on the same path would write into the live WAL.
+    #[arg(long = "tsdb.no-lockfile", env = "WHARF_TSDB_NO_LOCKFILE", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub no_lockfile: bool,
     /// When the WAL is fsynced: os (default, survives process kills) or always (survives power loss).
     #[arg(long = "tsdb.wal-sync", env = "WHARF_TSDB_WAL_SYNC", value_enum, default_value_t = WalSyncArg::Os)]
     pub wal_sync: WalSyncArg,
@@ -492,7 +495,6 @@ const NOT_YET: &[(&str, Effect)] = &[
     ("tsdb.out-of-order.cap-max", Effect::Warn),
     ("tsdb.allow-overlapping-blocks", Effect::Warn),
     ("tsdb.max-retention-bytes", Effect::Warn),
-    ("tsdb.no-lockfile", Effect::Warn),
     ("tsdb.head.expanded-postings-cache-size", Effect::Warn),
     ("tsdb.block.expanded-postings-cache-size", Effect::Warn),
     (
@@ -757,6 +759,7 @@ impl ReceiveArgs {
             default_tenant,
             retention_ms: i64::try_from(retention.as_millis()).unwrap_or(i64::MAX),
             keep_blocks: objstore_configured,
+            no_lockfile: self.no_lockfile,
             max_tenants: self.max_tenants,
             max_open_wals: match self.max_open_wals {
                 0 => default_open_wals(),
@@ -1045,7 +1048,7 @@ mod tests {
         let (c, w) = receive(&[
             "--objstore.config",
             "type: FILESYSTEM",
-            "--tsdb.no-lockfile",
+            "--tsdb.allow-overlapping-blocks",
         ])
         .unwrap();
         assert_eq!(w.len(), 1);

@@ -28,6 +28,18 @@ pub enum MultiTsdbError {
     /// tenants are pruned) may take it.
     #[error("tenant {tenant}: this node already holds its limit of {limit} tenants (--tsdb.max-tenants)")]
     TenantLimit { tenant: TenantId, limit: usize },
+    /// Another process holds `--tsdb.path`; two writers would interleave in one WAL.
+    #[error("{path} is locked by another process ({holder}); stop it, or give this one another --tsdb.path")]
+    Locked { path: PathBuf, holder: String },
+    #[error("lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A router-only node (no `--receive.local-endpoint`) keeps no tenant: nothing may be
+    /// written locally.
+    #[error("tenant {tenant}: this node routes only and stores no data")]
+    RouterOnly { tenant: TenantId },
 }
 
 impl MultiTsdbError {
@@ -82,6 +94,8 @@ pub struct Options {
     pub retention_ms: i64,
     /// Object storage is configured: retention deletes only blocks already uploaded.
     pub keep_blocks: bool,
+    /// `--tsdb.no-lockfile`: do not lock `path` against a second process.
+    pub no_lockfile: bool,
     /// `--tsdb.max-tenants`: tenants this node creates on write; 0 is no limit. Tenants found
     /// on disk at start are always opened.
     pub max_tenants: usize,
@@ -135,24 +149,92 @@ pub struct MultiTsdb {
     tick: AtomicU64,
     /// One pass at a time closes WAL files, so that two do not both close the same ones.
     closing_wals: Mutex<()>,
+    /// Whether tenants are stored here; not on a router-only node.
+    stores: bool,
+    /// Holds the `lock` file's lock on `path` until [`MultiTsdb::close`].
+    lock: Mutex<Option<std::fs::File>>,
+}
+
+/// The name of the lock file in `--tsdb.path`, as Prometheus names its own.
+const LOCK_FILE: &str = "lock";
+
+/// Takes an exclusive lock on `<dir>/lock` (flock: the kernel drops it when the process dies,
+/// so a kill -9 leaves nothing to clean up) and writes this process's id into it; a held lock
+/// fails, naming the holder the file names.
+fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File, MultiTsdbError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(LOCK_FILE);
+    let err = |source| MultiTsdbError::Lock {
+        path: path.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = Vec::new();
+            // Bounded: the file is another process's and could be anything.
+            let _ = (&file).take(256).read_to_end(&mut holder);
+            let holder = String::from_utf8_lossy(&holder);
+            let holder = crate::model::Shown(holder.trim()).to_string();
+            return Err(MultiTsdbError::Locked {
+                path,
+                holder: if holder.is_empty() {
+                    "it did not say which".into()
+                } else {
+                    holder
+                },
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+    }
+    file.set_len(0).map_err(err)?;
+    file.rewind().map_err(err)?;
+    write!(file, "pid {}", std::process::id()).map_err(err)?;
+    Ok(file)
 }
 
 impl MultiTsdb {
-    /// Opens every tenant directory (replaying WALs) and the default tenant. Blocking.
-    pub fn open(opts: Options) -> Result<Self, MultiTsdbError> {
-        let dir = opts.path.clone();
-        std::fs::create_dir_all(&dir).map_err(|source| MultiTsdbError::List {
-            dir: dir.clone(),
-            source,
-        })?;
-        let this = Self {
+    /// The database of a router-only node: no tenant, no directory, nothing on disk (the
+    /// kube-thanos router pod has a read-only root and no volume). Its StoreAPI announces
+    /// nothing and a local write is an error.
+    pub fn router_only(opts: Options) -> Self {
+        Self::new(opts, false, None)
+    }
+
+    fn new(opts: Options, stores: bool, lock: Option<std::fs::File>) -> Self {
+        Self {
             opts,
             ring_labels: RwLock::new(HashMap::new()),
             tenants: RwLock::new(BTreeMap::new()),
             closed: RwLock::new(false),
             tick: AtomicU64::new(0),
             closing_wals: Mutex::new(()),
+            stores,
+            lock: Mutex::new(lock),
+        }
+    }
+
+    /// Locks `--tsdb.path` (unless `--tsdb.no-lockfile`), then opens every tenant directory
+    /// (replaying WALs) and the default tenant. Blocking.
+    pub fn open(opts: Options) -> Result<Self, MultiTsdbError> {
+        let dir = opts.path.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| MultiTsdbError::List {
+            dir: dir.clone(),
+            source,
+        })?;
+        let lock = if opts.no_lockfile {
+            None
+        } else {
+            Some(lock_dir(&dir)?)
         };
+        let this = Self::new(opts, true, lock);
         let entries = std::fs::read_dir(&dir).map_err(|source| MultiTsdbError::List {
             dir: dir.clone(),
             source,
@@ -236,6 +318,11 @@ impl MultiTsdb {
     fn open_tenant(&self, tenant: &TenantId, new: bool) -> Result<Arc<TenantDb>, MultiTsdbError> {
         if let Some(db) = self.tenants.read().get(tenant) {
             return Ok(db.clone());
+        }
+        if !self.stores {
+            return Err(MultiTsdbError::RouterOnly {
+                tenant: tenant.clone(),
+            });
         }
         let mut tenants = self.tenants.write();
         if *self.closed.read() {
@@ -436,10 +523,11 @@ impl MultiTsdb {
                 Err(e) => tracing::error!(tenant = %t.tenant, error = %e, "closing tenant tsdb"),
             }
         }
+        // Every WAL is closed: another process may take the path now.
+        self.lock.lock().take();
     }
 }
 
-/// Total size of a block directory's files, for the log line.
 /// Counts and logs the blocks one compaction or flush of a tenant cut; returns how many.
 fn record_cut(
     t: &TenantDb,

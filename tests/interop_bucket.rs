@@ -76,7 +76,7 @@ fn tenant_header(tenant: &str) -> Option<&str> {
 }
 
 fn series_labels(idx: usize) -> [(&'static str, String); 2] {
-    let name = if idx % 2 == 0 {
+    let name = if idx.is_multiple_of(2) {
         "bucket_requests_total"
     } else {
         "bucket_temperature"

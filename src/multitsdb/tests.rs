@@ -10,6 +10,7 @@ fn options(dir: &std::path::Path, max_tenants: usize, max_open_wals: usize) -> O
         default_tenant: TenantId::new("default-tenant").unwrap(),
         retention_ms: 0,
         keep_blocks: false,
+        no_lockfile: false,
         max_tenants,
         max_open_wals,
     }

@@ -144,7 +144,7 @@ impl Default for WalOptions {
 
 impl WalOptions {
     pub fn validate(&self) -> Result<(), WalError> {
-        if self.segment_size < PAGE_SIZE_U64 || self.segment_size % PAGE_SIZE_U64 != 0 {
+        if self.segment_size < PAGE_SIZE_U64 || !self.segment_size.is_multiple_of(PAGE_SIZE_U64) {
             return Err(WalError::InvalidOptions(format!(
                 "segment size {} is not a positive multiple of the {PAGE_SIZE} byte page",
                 self.segment_size

@@ -195,7 +195,7 @@ fn check_toc(ix: &IndexReader, p: &mut Problems) {
             toc.series, ix.symbols_end
         ));
     }
-    if toc.postings % index::POSTINGS_ALIGN != 0 {
+    if !toc.postings.is_multiple_of(index::POSTINGS_ALIGN) {
         p.push(format!(
             "postings section at {} not 4-byte aligned",
             toc.postings
