@@ -64,20 +64,27 @@ pub struct Endpoint {
     pub capnproto_address: String,
 }
 
+// Every key is checked, unlike Thanos's decoder: a misspelt key ("tenant" for "tenants") would
+// silently make a catch-all ring.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum RawEndpoint {
     Address(String),
-    Object {
-        address: String,
-        #[serde(default)]
-        az: String,
-        #[serde(default)]
-        capnproto_address: String,
-    },
+    Object(RawEndpointObject),
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpointObject {
+    address: String,
+    #[serde(default)]
+    az: String,
+    #[serde(default)]
+    capnproto_address: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawRing {
     #[serde(default)]
     hashring: String,
@@ -96,6 +103,7 @@ struct RawRing {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawShuffle {
     #[serde(default)]
     shard_size: usize,
@@ -112,6 +120,7 @@ fn default_cache_size() -> usize {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawOverride {
     #[serde(default)]
     shard_size: usize,
@@ -536,11 +545,11 @@ impl Hashrings {
                 .into_iter()
                 .map(|e| match e {
                     RawEndpoint::Address(address) => Endpoint::new(address, String::new(), ""),
-                    RawEndpoint::Object {
+                    RawEndpoint::Object(RawEndpointObject {
                         address,
                         az,
                         capnproto_address,
-                    } => Endpoint::new(address, az, &capnproto_address),
+                    }) => Endpoint::new(address, az, &capnproto_address),
                 })
                 .collect();
             if endpoints.is_empty() {
@@ -557,10 +566,16 @@ impl Hashrings {
                     return Err(invalid(&format!("endpoint {} listed twice", e.address)));
                 }
             }
-            // Thanos falls back to hashmod for an unknown per-ring algorithm.
+            // Thanos falls back to hashmod for an unknown per-ring algorithm, which moves every
+            // series of a misspelt "ketama" ring: refused here instead.
             let algorithm = match r.algorithm.as_str() {
                 "" => default,
-                a => a.parse().unwrap_or(Algorithm::Hashmod),
+                a => a.parse().map_err(|_| {
+                    invalid(&format!(
+                        "unknown algorithm {:?} (hashmod or ketama)",
+                        crate::model::Shown(a)
+                    ))
+                })?,
             };
             let placer = match algorithm {
                 Algorithm::Hashmod => {
@@ -759,6 +774,25 @@ mod tests {
                 Algorithm::Hashmod,
                 1,
                 "shuffle",
+            ), // Stricter than Thanos, which would take these as a catch-all ring, an endpoint
+            // without a zone and a hashmod ring.
+            (
+                r#"[{"tenant":["a"],"endpoints":["a:1"]}]"#,
+                Algorithm::Hashmod,
+                1,
+                "unknown field `tenant`",
+            ),
+            (
+                r#"[{"endpoints":[{"address":"a:1","zone":"z"}]}]"#,
+                Algorithm::Hashmod,
+                1,
+                "parse",
+            ),
+            (
+                r#"[{"endpoints":["a:1"],"algorithm":"ketema"}]"#,
+                Algorithm::Hashmod,
+                1,
+                "unknown algorithm \"ketema\"",
             ),
         ];
         for (json, algo, rf, want) in cases {
@@ -794,9 +828,9 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_may_be_strings_or_objects_and_unknown_keys_are_ignored() {
+    fn endpoints_may_be_strings_or_objects() {
         let r = ring(
-            r#"[{"hashring":"h","endpoints":["a:10901",{"address":"b:10901","capnproto_address":"b:5"}],"future_key":1}]"#,
+            r#"[{"hashring":"h","endpoints":["a:10901",{"address":"b:10901","capnproto_address":"b:5"}]}]"#,
             Algorithm::Hashmod,
             1,
         );

@@ -108,6 +108,9 @@ impl Shipper {
         let m = metrics();
         let t = telemetry::tenant(tenant);
         m.shipper_dir_syncs.get_or_create(&t).inc();
+        // At 0 until the first upload, so that an alert on no uploads can fire.
+        m.shipper_uploads.get_or_create(&t).inc_by(0);
+        m.shipper_upload_failures.get_or_create(&t).inc_by(0);
         let res = self.sync_inner(tenant, dir).await;
         if res.is_err() {
             m.shipper_dir_sync_failures.get_or_create(&t).inc();

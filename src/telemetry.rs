@@ -187,6 +187,14 @@ impl Metrics {
             store_queries_running: Gauge::default(),
             registry: Registry::default(),
         };
+        // Present from the start, as Thanos's are: a rate() over a counter that appears only
+        // with its first increment misses that increment, and a node without a hashrings file
+        // has no reload to fail (the mixin alerts on 0).
+        for r in ["success", "error"] {
+            m.forward_requests.get_or_create(&result(r)).inc_by(0);
+            m.replications.get_or_create(&result(r)).inc_by(0);
+        }
+        m.config_last_reload_successful.set(1);
         // prometheus-client appends `_total` to counters itself.
         r.register(
             "http_requests",
