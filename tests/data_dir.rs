@@ -62,14 +62,7 @@ fn a_router_only_node_opens_no_tsdb_and_creates_no_directory() {
         vec![series(&[("__name__", "routed"), ("job", "x")], &[(t, 1.0)])],
     );
     assert_eq!(code, 200, "{body}\n{}", logs());
-    let (held, _) = StoreApi::connect(ingestor.grpc)
-        .series(wharf::proto::thanos::SeriesRequest {
-            min_time: 0,
-            max_time: i64::MAX,
-            matchers: vec![eq("__name__", "routed")],
-            ..Default::default()
-        })
-        .expect("Series");
+    let held = routed(ingestor.grpc);
     assert_eq!(held.len(), 1, "the ingestor holds the routed series");
 
     let info = StoreApi::connect(ports.grpc).info().expect("Info");
@@ -80,14 +73,7 @@ fn a_router_only_node_opens_no_tsdb_and_creates_no_directory() {
     );
     let store = info.store.expect("store info");
     assert!(store.tsdb_infos.is_empty(), "{:?}", store.tsdb_infos);
-    let (series, _) = StoreApi::connect(ports.grpc)
-        .series(wharf::proto::thanos::SeriesRequest {
-            min_time: 0,
-            max_time: i64::MAX,
-            matchers: vec![eq("__name__", "routed")],
-            ..Default::default()
-        })
-        .expect("Series");
+    let series = routed(ports.grpc);
     assert!(series.is_empty(), "a router holds no series");
 
     let _ = router.kill();
@@ -100,6 +86,19 @@ fn a_router_only_node_opens_no_tsdb_and_creates_no_directory() {
         left.is_empty(),
         "the router wrote into its working directory: {left:?}"
     );
+}
+
+/// The series named `routed` the StoreAPI at `grpc` serves.
+fn routed(grpc: std::net::SocketAddr) -> Vec<wharf::proto::thanos::Series> {
+    StoreApi::connect(grpc)
+        .series(wharf::proto::thanos::SeriesRequest {
+            min_time: 0,
+            max_time: i64::MAX,
+            matchers: vec![eq("__name__", "routed")],
+            ..Default::default()
+        })
+        .expect("Series")
+        .0
 }
 
 /// Starts `wharf receive` on `data` and waits for it to exit; its status and log.

@@ -318,20 +318,8 @@ impl store_server::Store for GrpcState {
         &self,
         req: Request<pb::LabelNamesRequest>,
     ) -> Result<Response<pb::LabelNamesResponse>, Status> {
-        let r = req.into_inner();
-        let abort = aborts(r.partial_response_disabled, r.partial_response_strategy);
-        let parse = move || {
-            label_query(
-                r.start,
-                r.end,
-                &r.matchers,
-                r.without_replica_labels,
-                r.limit,
-                abort,
-            )
-        };
         let r = self
-            .label_request("label names", parse, store::label_names)
+            .label_request("label names", req.into_inner(), store::label_names)
             .await?;
         Ok(Response::new(pb::LabelNamesResponse {
             names: r.values,
@@ -345,20 +333,9 @@ impl store_server::Store for GrpcState {
         req: Request<pb::LabelValuesRequest>,
     ) -> Result<Response<pb::LabelValuesResponse>, Status> {
         let mut r = req.into_inner();
-        let abort = aborts(r.partial_response_disabled, r.partial_response_strategy);
         let label = std::mem::take(&mut r.label);
-        let parse = move || {
-            label_query(
-                r.start,
-                r.end,
-                &r.matchers,
-                r.without_replica_labels,
-                r.limit,
-                abort,
-            )
-        };
         let r = self
-            .label_request("label values", parse, move |db, q| {
+            .label_request("label values", r, move |db, q| {
                 store::label_values(db, &label, q)
             })
             .await?;
@@ -370,13 +347,41 @@ impl store_server::Store for GrpcState {
     }
 }
 
+/// The fields the label-names and label-values requests share, as one query.
+trait IntoLabelQuery: Send + 'static {
+    fn into_query(self) -> Result<LabelQuery, Status>;
+}
+
+macro_rules! into_label_query {
+    ($request:ty) => {
+        impl IntoLabelQuery for $request {
+            fn into_query(self) -> Result<LabelQuery, Status> {
+                label_query(
+                    self.start,
+                    self.end,
+                    &self.matchers,
+                    self.without_replica_labels,
+                    self.limit,
+                    aborts(
+                        self.partial_response_disabled,
+                        self.partial_response_strategy,
+                    ),
+                )
+            }
+        }
+    };
+}
+
+into_label_query!(pb::LabelNamesRequest);
+into_label_query!(pb::LabelValuesRequest);
+
 impl GrpcState {
     /// A label-names or label-values query through the query gate: its matchers are parsed
     /// (regexes compiled) and `answer` runs on the blocking pool.
     async fn label_request(
         &self,
         what: &'static str,
-        parse: impl FnOnce() -> Result<LabelQuery, Status> + Send + 'static,
+        request: impl IntoLabelQuery,
         answer: impl FnOnce(
                 &crate::multitsdb::MultiTsdb,
                 &LabelQuery,
@@ -387,7 +392,7 @@ impl GrpcState {
         let ingest = self.ingest()?.clone();
         QUERIES
             .run(what, move || {
-                let q = parse()?;
+                let q = request.into_query()?;
                 answer(ingest.tsdb(), &q).map_err(|e| status(e.class(), e.to_string()))
             })
             .await?
