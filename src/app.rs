@@ -91,6 +91,9 @@ fn router_only(cfg: &ReceiveConfig) -> bool {
 /// Binds every listener, then opens the TSDBs in the background; `/-/ready` turns ready when
 /// every tenant's WAL has been replayed.
 pub async fn start(cfg: ReceiveConfig) -> Result<Running, AppError> {
+    metrics()
+        .replication_factor
+        .set(cfg.routing.as_ref().map_or(1, |r| r.replication_factor) as i64);
     // An invalid hashring at start is fatal, as in Thanos; later it only keeps the old ring.
     let routing = match &cfg.routing {
         Some(rc) => Some(Arc::new(load_routing(rc).await?)),
@@ -198,6 +201,12 @@ async fn load_routing(rc: &RoutingConfig) -> Result<Routing, AppError> {
         "router only"
     };
     let nodes = rings.endpoints().count();
+    for (name, n) in rings.sizes() {
+        if n < rc.replication_factor {
+            tracing::warn!(hashring = name, nodes = n, replication_factor = rc.replication_factor,
+                "hashring has fewer nodes than the replication factor: its writes cannot reach quorum");
+        }
+    }
     tracing::info!(
         mode,
         nodes,

@@ -3,6 +3,8 @@
 //! One process-wide registry: metrics are facts about the process, and passing handles through
 //! every layer would buy nothing.
 
+mod process;
+
 use std::sync::LazyLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -118,6 +120,10 @@ pub struct Metrics {
     pub store_queries_waiting: Gauge,
     /// StoreAPI queries holding a slot (matcher compile, selection, frame encoding).
     pub store_queries_running: Gauge,
+    /// `--receive.replication-factor`; with `thanos_receive_hashring_nodes`, a ring with
+    /// fewer nodes than replicas shows before its writes fail.
+    pub replication_factor: Gauge,
+    process: process::ProcessMetrics,
 }
 
 fn duration_hist() -> Histogram {
@@ -185,6 +191,8 @@ impl Metrics {
             connections_limited: Family::default(),
             store_queries_waiting: Gauge::default(),
             store_queries_running: Gauge::default(),
+            replication_factor: Gauge::default(),
+            process: process::ProcessMetrics::default(),
             registry: Registry::default(),
         };
         // Present from the start, as Thanos's are: a rate() over a counter that appears only
@@ -443,11 +451,18 @@ impl Metrics {
             "StoreAPI queries holding a query slot",
             m.store_queries_running.clone(),
         );
+        r.register(
+            "thanos_receive_replication_factor",
+            "Number of replicas each series is written to",
+            m.replication_factor.clone(),
+        );
+        m.process.register(&mut r);
         Self { registry: r, ..m }
     }
 
     /// Renders the registry in the Prometheus text format.
     pub fn encode(&self) -> String {
+        self.process.refresh();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -35,8 +35,8 @@ fn metrics_use_thanos_and_prometheus_names() {
 
 /// Families the Thanos mixin's alerts read are there before anything happened, so that the
 /// alerts can fire (or stay quiet) from the start: the reload gauge is 1 on a node without a
-/// hashrings file, forward results are pre-set, and a tenant's upload counters sit at 0 until
-/// its first block ships.
+/// hashrings file, forward results are pre-set, a tenant's upload counters sit at 0 until its
+/// first block ships, and the replication factor and `process_*` families are exported.
 #[test]
 fn mixin_alert_metrics_exist_from_the_start() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -54,6 +54,15 @@ fn mixin_alert_metrics_exist_from_the_start() {
         "thanos_receive_replications_total{result=\"success\"} 0",
         "thanos_shipper_uploads_total{tenant=\"default-tenant\"} 0",
         "thanos_shipper_upload_failures_total{tenant=\"default-tenant\"} 0",
+        "thanos_receive_replication_factor 1",
+    ];
+    // The resource panels' families, whose values vary.
+    let present = [
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_max_fds ",
+        "process_start_time_seconds ",
     ];
     let start = std::time::Instant::now();
     loop {
@@ -62,6 +71,12 @@ fn mixin_alert_metrics_exist_from_the_start() {
             .iter()
             .copied()
             .filter(|w| !text.lines().any(|l| l == *w))
+            .chain(
+                present
+                    .iter()
+                    .copied()
+                    .filter(|p| !text.lines().any(|l| l.starts_with(p))),
+            )
             .collect();
         if missing.is_empty() {
             return;
