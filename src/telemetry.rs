@@ -40,6 +40,12 @@ pub struct TenantType {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandlerMethod {
+    pub handler: String,
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Check {
     pub check: String,
 }
@@ -68,6 +74,8 @@ pub struct Metrics {
     pub registry: Registry,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: HistFamily<HttpLabels>,
+    pub http_request_size: HistFamily<HttpLabels>,
+    pub http_inflight: Family<HandlerMethod, Gauge>,
     pub write_timeseries: HistFamily<CodeTenant>,
     pub write_samples: HistFamily<CodeTenant>,
     pub head_series: Family<Tenant, Gauge>,
@@ -134,6 +142,11 @@ fn compaction_hist() -> Histogram {
     Histogram::new(exponential_buckets(0.1, 2.0, 12))
 }
 
+/// Request bodies from 1 KiB to 256 MiB, as Thanos's (exponential, factor 4).
+fn size_hist() -> Histogram {
+    Histogram::new(exponential_buckets(1024.0, 4.0, 10))
+}
+
 fn count_hist() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 4.0, 10))
 }
@@ -144,6 +157,8 @@ impl Metrics {
         let m = Self {
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(duration_hist),
+            http_request_size: Family::new_with_constructor(size_hist),
+            http_inflight: Family::default(),
             write_timeseries: Family::new_with_constructor(count_hist),
             write_samples: Family::new_with_constructor(count_hist),
             head_series: Family::default(),
@@ -213,6 +228,16 @@ impl Metrics {
             "http_request_duration_seconds",
             "Request latency",
             m.http_duration.clone(),
+        );
+        r.register(
+            "http_request_size_bytes",
+            "Size of request bodies as sent (Content-Length)",
+            m.http_request_size.clone(),
+        );
+        r.register(
+            "http_inflight_requests",
+            "Requests being served",
+            m.http_inflight.clone(),
         );
         r.register(
             "thanos_receive_write_timeseries",
@@ -475,6 +500,23 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 /// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {
     &METRICS
+}
+
+/// A gauge raised for as long as this lives (a request in flight, a query waiting), also when
+/// the call is dropped (client gone) or panics.
+pub(crate) struct Raised(Gauge);
+
+impl Raised {
+    pub(crate) fn new(g: &Gauge) -> Self {
+        g.inc();
+        Self(g.clone())
+    }
+}
+
+impl Drop for Raised {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 pub fn result(r: &str) -> ResultLabel {

@@ -30,6 +30,8 @@ fn metrics_use_thanos_and_prometheus_names() {
     has("prometheus_tsdb_head_samples_appended_total{tenant=\"team-a\",type=\"float\"} 2");
     has("prometheus_tsdb_head_max_time{tenant=\"team-a\"} 2000");
     has("thanos_status{check=\"ready\"} 1");
+    has("http_request_size_bytes_count{handler=\"receive\",code=\"200\",method=\"post\",tenant=\"team-a\"} 1");
+    has("http_inflight_requests{handler=\"receive\",method=\"post\"} 0");
     has("prometheus_tsdb_wal_segment_current{tenant=\"team-a\"}");
 }
 

@@ -116,23 +116,6 @@ struct QueryGate {
     slots: Arc<Semaphore>,
 }
 
-/// Keeps a gauge raised for as long as it lives, also when a waiting call is dropped (client
-/// gone) or a query panics.
-struct Raised(&'static prometheus_client::metrics::gauge::Gauge);
-
-impl Raised {
-    fn new(g: &'static prometheus_client::metrics::gauge::Gauge) -> Self {
-        g.inc();
-        Self(g)
-    }
-}
-
-impl Drop for Raised {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 impl QueryGate {
     fn new(slots: usize) -> Self {
         Self {
@@ -148,7 +131,7 @@ impl QueryGate {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Status> {
         let m = metrics();
-        let waiting = Raised::new(&m.store_queries_waiting);
+        let waiting = crate::telemetry::Raised::new(&m.store_queries_waiting);
         let permit =
             self.slots.clone().acquire_owned().await.map_err(|_| {
                 status(ErrorClass::Unavailable, "shutting down: query slots closed")
@@ -158,7 +141,7 @@ impl QueryGate {
             // Declared after the permit so that it drops first: the gauge never shows a query
             // that has already handed its slot on.
             let _permit = permit;
-            let _running = Raised::new(&m.store_queries_running);
+            let _running = crate::telemetry::Raised::new(&m.store_queries_running);
             f()
         })
         .await

@@ -95,6 +95,16 @@ impl Failure {
 
 async fn receive(State(st): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
     let start = Instant::now();
+    let _inflight = crate::telemetry::Raised::new(&metrics().http_inflight.get_or_create(
+        &crate::telemetry::HandlerMethod {
+            handler: "receive".into(),
+            method: "post".into(),
+        },
+    ));
+    let request_bytes = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
     let tenant = tenant_from_headers(&headers, &st.opts)
         .and_then(|t| TenantId::new(&t).map_err(|e| e.to_string()));
     // An invalid tenant is named (bounded) in the error only: as a log field or metric label it
@@ -144,6 +154,9 @@ async fn receive(State(st): State<HttpState>, headers: HeaderMap, body: Body) ->
     m.http_duration
         .get_or_create(&labels)
         .observe(start.elapsed().as_secs_f64());
+    m.http_request_size
+        .get_or_create(&labels)
+        .observe(request_bytes as f64);
     let ct = CodeTenant {
         code,
         tenant: tenant_raw,
