@@ -3,5 +3,6 @@
 
 pub mod error;
 pub mod grpc;
+pub mod grpc_metrics;
 pub mod http;
 pub mod serve;

@@ -426,6 +426,7 @@ async fn run(
                 .http2_keepalive_interval(g.keepalive_interval)
                 .http2_keepalive_timeout(Some(g.keepalive_timeout))
                 // Thanos routers compress forwarded writes with snappy by default.
+                .layer(crate::api::grpc_metrics::GrpcMetricsLayer)
                 .layer(AcceptSnappyLayer {
                     limit: MAX_GRPC_REQUEST_BYTES,
                 })

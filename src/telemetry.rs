@@ -39,6 +39,22 @@ pub struct TenantType {
     pub r#type: String,
 }
 
+/// One gRPC method, labelled as Go's grpc-prometheus does.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcCall {
+    pub grpc_service: String,
+    pub grpc_method: String,
+    pub grpc_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcHandled {
+    pub grpc_code: String,
+    // Last: the derive can flatten only the final field.
+    #[prometheus(flatten)]
+    pub call: GrpcCall,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandlerMethod {
     pub handler: String,
@@ -76,6 +92,9 @@ pub struct Metrics {
     pub http_duration: HistFamily<HttpLabels>,
     pub http_request_size: HistFamily<HttpLabels>,
     pub http_inflight: Family<HandlerMethod, Gauge>,
+    pub grpc_started: Family<GrpcCall, Counter>,
+    pub grpc_handled: Family<GrpcHandled, Counter>,
+    pub grpc_handling: HistFamily<GrpcCall>,
     pub write_timeseries: HistFamily<CodeTenant>,
     pub write_samples: HistFamily<CodeTenant>,
     pub head_series: Family<Tenant, Gauge>,
@@ -142,6 +161,16 @@ fn compaction_hist() -> Histogram {
     Histogram::new(exponential_buckets(0.1, 2.0, 12))
 }
 
+/// grpc-prometheus's handling-time buckets, as Thanos configures them.
+fn grpc_hist() -> Histogram {
+    Histogram::new(
+        [
+            0.001, 0.01, 0.1, 0.3, 0.6, 1.0, 3.0, 6.0, 9.0, 20.0, 30.0, 60.0, 90.0, 120.0,
+        ]
+        .into_iter(),
+    )
+}
+
 /// Request bodies from 1 KiB to 256 MiB, as Thanos's (exponential, factor 4).
 fn size_hist() -> Histogram {
     Histogram::new(exponential_buckets(1024.0, 4.0, 10))
@@ -159,6 +188,9 @@ impl Metrics {
             http_duration: Family::new_with_constructor(duration_hist),
             http_request_size: Family::new_with_constructor(size_hist),
             http_inflight: Family::default(),
+            grpc_started: Family::default(),
+            grpc_handled: Family::default(),
+            grpc_handling: Family::new_with_constructor(grpc_hist),
             write_timeseries: Family::new_with_constructor(count_hist),
             write_samples: Family::new_with_constructor(count_hist),
             head_series: Family::default(),
@@ -233,6 +265,21 @@ impl Metrics {
             "http_request_size_bytes",
             "Size of request bodies as sent (Content-Length)",
             m.http_request_size.clone(),
+        );
+        r.register(
+            "grpc_server_started",
+            "RPCs started on the server",
+            m.grpc_started.clone(),
+        );
+        r.register(
+            "grpc_server_handled",
+            "RPCs completed on the server, regardless of success or failure",
+            m.grpc_handled.clone(),
+        );
+        r.register(
+            "grpc_server_handling_seconds",
+            "Response latency of RPCs handled by the server",
+            m.grpc_handling.clone(),
         );
         r.register(
             "http_inflight_requests",

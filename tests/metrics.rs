@@ -38,7 +38,8 @@ fn metrics_use_thanos_and_prometheus_names() {
 /// Families the Thanos mixin's alerts read are there before anything happened, so that the
 /// alerts can fire (or stay quiet) from the start: the reload gauge is 1 on a node without a
 /// hashrings file, forward results are pre-set, a tenant's upload counters sit at 0 until its
-/// first block ships, and the replication factor and `process_*` families are exported.
+/// first block ships, the replication factor and `process_*` families are exported, and a gRPC
+/// call is counted with grpc-prometheus's labels.
 #[test]
 fn mixin_alert_metrics_exist_from_the_start() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -49,7 +50,10 @@ fn mixin_alert_metrics_exist_from_the_start() {
     );
     let node = Proc::spawn(&dir.path().join("data"), &["--objstore.config", &objstore]);
     wait_ready(node.http, std::time::Duration::from_secs(30));
+    StoreApi::connect(node.grpc).info().expect("Info");
     let want = [
+        "grpc_server_started_total{grpc_service=\"thanos.info.Info\",grpc_method=\"Info\",grpc_type=\"unary\"} 1",
+        "grpc_server_handled_total{grpc_code=\"OK\",grpc_service=\"thanos.info.Info\",grpc_method=\"Info\",grpc_type=\"unary\"} 1",
         "thanos_receive_config_last_reload_successful 1",
         "thanos_receive_forward_requests_total{result=\"success\"} 0",
         "thanos_receive_forward_requests_total{result=\"error\"} 0",
@@ -65,6 +69,7 @@ fn mixin_alert_metrics_exist_from_the_start() {
         "process_open_fds ",
         "process_max_fds ",
         "process_start_time_seconds ",
+        "grpc_server_handling_seconds_count{grpc_service=\"thanos.info.Info\",grpc_method=\"Info\",grpc_type=\"unary\"} 1",
     ];
     let start = std::time::Instant::now();
     loop {
