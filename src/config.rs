@@ -33,6 +33,8 @@ pub enum ConfigError {
 #[command(
     name = "wharf",
     version,
+    // `thanos receive --version` works; so does `wharf receive --version`.
+    propagate_version = true,
     about = "Thanos Receive-compatible Prometheus remote-write ingestion server"
 )]
 pub struct Cli {
@@ -559,10 +561,22 @@ where
     Ok((cli, given))
 }
 
+/// Not-yet-implemented flags given with the value that means "off", as Thanos's own defaults
+/// spell them out (kube-thanos passes `--tsdb.max-exemplars=0`): nothing to warn about.
+const OFF_VALUES: &[(&str, &str)] = &[("tsdb.max-exemplars", "0")];
+
 fn given_not_yet(m: &ArgMatches) -> Vec<String> {
+    let off = |name: &str| {
+        OFF_VALUES.iter().any(|(n, v)| {
+            *n == name
+                && m.get_many::<String>(name)
+                    .is_some_and(|mut given| given.all(|g| g.trim() == *v))
+        })
+    };
     NOT_YET
         .iter()
         .filter(|(name, _)| m.contains_id(name) && m.value_source(name).is_some())
+        .filter(|(name, _)| !off(name))
         .map(|(n, _)| n.to_string())
         .collect()
 }
@@ -1041,6 +1055,22 @@ mod tests {
         assert_eq!(c.multitsdb.external_labels.get("replica"), Some("a"));
         assert_eq!(c.multitsdb.external_labels.get("region"), Some("eu"));
         assert!(receive(&["--label", "novalue"]).is_err());
+    }
+
+    #[test]
+    fn explicit_off_values_of_unimplemented_flags_are_accepted() {
+        let (_, w) = receive(&["--tsdb.max-exemplars=0"]).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert!(receive(&["--tsdb.max-exemplars=10"])
+            .unwrap_err()
+            .contains("exemplars"));
+    }
+
+    #[test]
+    fn receive_takes_version_as_thanos_receive_does() {
+        let e = parse_from(["wharf", "receive", "--version"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayVersion);
+        assert!(e.to_string().contains(env!("CARGO_PKG_VERSION")), "{e}");
     }
 
     #[test]
