@@ -98,9 +98,53 @@ pub struct Shipper {
     bucket: Bucket,
 }
 
+/// The operations Thanos's objstore metrics name; the shipper performs `exists` and `upload`.
+const BUCKET_OPERATIONS: [&str; 7] = [
+    "get",
+    "get_range",
+    "exists",
+    "upload",
+    "delete",
+    "iter",
+    "attributes",
+];
+
+fn bucket_operation(bucket: &str, operation: &str) -> telemetry::BucketOperation {
+    telemetry::BucketOperation {
+        bucket: bucket.into(),
+        operation: operation.into(),
+    }
+}
+
 impl Shipper {
     pub fn new(bucket: Bucket) -> Self {
+        // Every operation is present from the start, as Thanos's objstore wrapper has them.
+        let m = metrics();
+        for operation in BUCKET_OPERATIONS {
+            let op = bucket_operation(&bucket.name, operation);
+            m.bucket_operations.get_or_create(&op).inc_by(0);
+            m.bucket_operation_failures.get_or_create(&op).inc_by(0);
+        }
         Self { bucket }
+    }
+
+    /// Counts one operation on the bucket, and the failure if it failed.
+    fn count(&self, operation: &str, ok: bool) {
+        let m = metrics();
+        let op = bucket_operation(&self.bucket.name, operation);
+        m.bucket_operations.get_or_create(&op).inc();
+        if !ok {
+            m.bucket_operation_failures.get_or_create(&op).inc();
+        } else if operation == "upload" {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            m.bucket_last_upload
+                .get_or_create(&telemetry::BucketLabel {
+                    bucket: self.bucket.name.clone(),
+                })
+                .set(now);
+        }
     }
 
     /// Uploads every block of `dir` not uploaded yet, oldest first; stops at the first failure.
@@ -148,7 +192,12 @@ impl Shipper {
                 continue;
             }
             let meta_key = ObjectPath::from(format!("{}/meta.json", meta.ulid));
-            match self.bucket.store.head(&meta_key).await {
+            let found = self.bucket.store.head(&meta_key).await;
+            self.count(
+                "exists",
+                !matches!(found, Err(ref e) if !matches!(e, object_store::Error::NotFound { .. })),
+            );
+            match found {
                 Ok(_) => stats.found += 1,
                 Err(object_store::Error::NotFound { .. }) => {
                     self.upload_block(tenant, &path, meta.clone()).await?;
@@ -226,14 +275,16 @@ impl Shipper {
             })?;
             bytes += json.len() as u64;
             let key = ObjectPath::from(format!("{}/meta.json", meta.ulid));
-            self.bucket
+            let put = self
+                .bucket
                 .store
                 .put_opts(&key, json.into(), self.put_options())
-                .await
-                .map_err(|source| ShipperError::Upload {
-                    key: key.to_string(),
-                    source,
-                })?;
+                .await;
+            self.count("upload", put.is_ok());
+            put.map_err(|source| ShipperError::Upload {
+                key: key.to_string(),
+                source,
+            })?;
             crate::tsdb::failpoint("shipper-after-meta");
             Ok::<_, ShipperError>(bytes)
         }
@@ -302,6 +353,7 @@ impl Shipper {
                 Err(e)
             }
         };
+        self.count("upload", closed.is_ok());
         closed.map_err(|e| ShipperError::Upload {
             key: key.to_string(),
             source: object_store::Error::Generic {

@@ -56,6 +56,17 @@ pub struct GrpcHandled {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BucketOperation {
+    pub bucket: String,
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BucketLabel {
+    pub bucket: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandlerMethod {
     pub handler: String,
     pub method: String,
@@ -93,6 +104,9 @@ pub struct Metrics {
     pub http_request_size: HistFamily<HttpLabels>,
     pub http_inflight: Family<HandlerMethod, Gauge>,
     pub grpc_started: Family<GrpcCall, Counter>,
+    pub bucket_operations: Family<BucketOperation, Counter>,
+    pub bucket_operation_failures: Family<BucketOperation, Counter>,
+    pub bucket_last_upload: Family<BucketLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub grpc_handled: Family<GrpcHandled, Counter>,
     pub grpc_handling: HistFamily<GrpcCall>,
     pub write_timeseries: HistFamily<CodeTenant>,
@@ -189,6 +203,9 @@ impl Metrics {
             http_request_size: Family::new_with_constructor(size_hist),
             http_inflight: Family::default(),
             grpc_started: Family::default(),
+            bucket_operations: Family::default(),
+            bucket_operation_failures: Family::default(),
+            bucket_last_upload: Family::default(),
             grpc_handled: Family::default(),
             grpc_handling: Family::new_with_constructor(grpc_hist),
             write_timeseries: Family::new_with_constructor(count_hist),
@@ -265,6 +282,21 @@ impl Metrics {
             "http_request_size_bytes",
             "Size of request bodies as sent (Content-Length)",
             m.http_request_size.clone(),
+        );
+        r.register(
+            "thanos_objstore_bucket_operations",
+            "Operations against the bucket",
+            m.bucket_operations.clone(),
+        );
+        r.register(
+            "thanos_objstore_bucket_operation_failures",
+            "Operations against the bucket that failed (a missing object is not a failure)",
+            m.bucket_operation_failures.clone(),
+        );
+        r.register(
+            "thanos_objstore_bucket_last_successful_upload_time",
+            "Second of the last successful upload to the bucket",
+            m.bucket_last_upload.clone(),
         );
         r.register(
             "grpc_server_started",

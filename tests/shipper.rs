@@ -292,6 +292,29 @@ fn blocks_reach_s3_complete_in_order_with_meta_json_last() {
     );
     assert!(metric(p.http, "thanos_shipper_uploads_total") >= 2.0);
     assert!(p.logs().contains("block uploaded"), "{}", p.logs());
+    // Thanos's objstore metrics: one upload per object the server took, none failed.
+    let uploads = bucket_metric(p.http, "thanos_objstore_bucket_operations_total", "upload");
+    assert_eq!(uploads, s3.writes().len() as f64);
+    assert_eq!(
+        bucket_metric(
+            p.http,
+            "thanos_objstore_bucket_operation_failures_total",
+            "upload"
+        ),
+        0.0
+    );
+    assert!(bucket_metric(p.http, "thanos_objstore_bucket_operations_total", "exists") >= 2.0);
+    assert!(metric(p.http, "thanos_objstore_bucket_last_successful_upload_time") > 1.6e9);
+}
+
+/// Sum of `name` over the lines of one bucket `operation`.
+fn bucket_metric(http: SocketAddr, name: &str, operation: &str) -> f64 {
+    let (_, text) = get(&format!("http://{http}/metrics")).unwrap();
+    let op = format!("operation=\"{operation}\"");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(&op))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Starts Wharf (retention 1h) against a bucket that refuses it, cuts two blocks past retention
@@ -324,6 +347,13 @@ fn blocks_stuck_locally(s3: &S3Server, secret: &str) -> (tempfile::TempDir, Proc
     );
     assert!(s3.writes().is_empty(), "the server took no write");
     assert!(shipper_json(data.path()).is_empty());
+    assert!(
+        bucket_metric(
+            p.http,
+            "thanos_objstore_bucket_operation_failures_total",
+            "exists"
+        ) >= 2.0
+    );
     (data, p)
 }
 
