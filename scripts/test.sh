@@ -8,7 +8,7 @@ stage() { echo "== $* (at $((SECONDS - began)) s)"; }
 # The peers' Go build (minutes, once; cached after) runs beside the Rust builds below, which
 # leave a core idle much of the time; the tests that need the peers wait for it.
 mkdir -p target
-setsid scripts/peers.sh > target/peers.log 2>&1 &
+setsid -w scripts/peers.sh > target/peers.log 2>&1 &
 peers_pid=$!
 trap 'kill -- -"$peers_pid" 2>/dev/null || true' EXIT
 
