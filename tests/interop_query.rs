@@ -293,50 +293,17 @@ struct Querier {
     _proc: PeerProc,
 }
 
-/// Starts `thanos query` over `endpoints` and waits until it is ready and has both stores.
+/// Starts `thanos query` with `engine` over `endpoints`, deduplicating by `replica`, and waits
+/// until it is ready and lists every endpoint as a healthy store.
 fn start_querier(engine: &'static str, endpoints: &[SocketAddr], logs: &Path) -> Querier {
-    let (http, grpc) = (free_port(), free_port());
-    let mut args = vec![
-        "query".to_string(),
-        format!("--http-address={http}"),
-        format!("--grpc-address={grpc}"),
-        format!("--query.promql-engine={engine}"),
-        "--query.replica-label=replica".into(),
-        format!("--query.lookback-delta={LOOKBACK_S}s"),
-        "--store.sd-interval=1s".into(),
-        "--log.level=info".into(),
-    ];
-    args.extend(endpoints.iter().map(|e| format!("--endpoint={e}")));
-    let mut proc = PeerProc::spawn(&format!("thanos-query-{engine}"), &thanos(), &args, logs);
-    let base = format!("http://{http}");
-    proc.wait_http_ok(&format!("{base}/-/ready"), Duration::from_secs(60));
-    // The Querier learns each endpoint's labels and time range from its Info call, some seconds
-    // after start; until then it queries fewer stores.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        proc.assert_running();
-        let stores = api_get(&base, "/api/v1/stores", &[]);
-        let healthy = stores.as_ref().map_or(0, |v| {
-            v["data"]
-                .as_object()
-                .into_iter()
-                .flat_map(|m| m.values())
-                .filter_map(|list| list.as_array())
-                .flatten()
-                .filter(|s| s["lastError"].is_null() && s["labelSets"].as_array().is_some())
-                .count()
-        });
-        if healthy == endpoints.len() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "thanos query ({engine}) does not list {} healthy stores: {stores:?}\n{}",
-            endpoints.len(),
-            common::peers::tail(&proc.logs(), 30)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let engine_flag = format!("--query.promql-engine={engine}");
+    let lookback = format!("--query.lookback-delta={LOOKBACK_S}s");
+    let (proc, base) = common::peers::start_thanos_query(
+        &format!("thanos-query-{engine}"),
+        endpoints,
+        &[&engine_flag, "--query.replica-label=replica", &lookback],
+        logs,
+    );
     Querier {
         engine,
         base,

@@ -33,7 +33,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::peers::{
-    api_get, retry_port_race, thanos, wait_all_ready, Kind, PeerProc, ReceiveNode,
+    api_get, retry_port_race, start_thanos_query, thanos, wait_all_ready, Kind, ReceiveNode,
 };
 use common::*;
 use wharf::hashring::{series_hash, Algorithm, Hashrings};
@@ -503,23 +503,10 @@ impl Setup {
     /// A Querier over all four ingestors, deduplicating on `replica`: every written sample once;
     /// without dedup, every series once per ring replica.
     fn check_querier(&mut self, at: i64) {
-        let (http, grpc) = (free_port(), free_port());
-        let mut args = vec![
-            "query".to_string(),
-            format!("--http-address={http}"),
-            format!("--grpc-address={grpc}"),
-            format!("--query.replica-label={REPLICA}"),
-            "--store.sd-interval=1s".into(),
-        ];
-        args.extend(
-            self.ingestors
-                .iter()
-                .map(|n| format!("--endpoint={}", n.ports.grpc)),
-        );
+        let endpoints: Vec<SocketAddr> = self.ingestors.iter().map(|n| n.ports.grpc).collect();
+        let replica = format!("--query.replica-label={REPLICA}");
         let logs = self._dir.path().join("logs");
-        let mut q = PeerProc::spawn("thanos-query", &thanos(), &args, &logs);
-        let base = format!("http://{http}");
-        q.wait_http_ok(&format!("{base}/-/ready"), Duration::from_secs(30));
+        let (mut q, base) = start_thanos_query("thanos-query", &endpoints, &[&replica], &logs);
 
         // Expected answers, from what was written and the ring's placement.
         let mut dedup: BTreeMap<Vec<(String, String)>, Samples> = BTreeMap::new();
