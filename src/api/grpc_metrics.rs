@@ -2,13 +2,12 @@
 //! with the labels of Go's grpc-prometheus middleware, which Thanos's gRPC server carries and
 //! the Thanos mixin's gRPC panels and alerts read.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tonic::body::BoxBody;
 use tonic::codegen::http::{Request, Response};
+use tonic::codegen::BoxFuture;
 
 use crate::telemetry::{metrics, GrpcCall, GrpcHandled};
 
@@ -79,8 +78,6 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
 pub struct GrpcMetrics<S> {
     inner: S,
 }
-
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
 impl<S> tower::Service<Request<BoxBody>> for GrpcMetrics<S>
 where

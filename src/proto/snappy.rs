@@ -4,14 +4,13 @@
 //! the servers, [`encode_chunk`] for `peer::RequestBuilder`, which compresses as it encodes.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use tonic::body::BoxBody;
 use tonic::codegen::http::{Request, Response};
+use tonic::codegen::BoxFuture;
 use tonic::Status;
 
 const ENCODING: &str = "grpc-encoding";
@@ -197,8 +196,6 @@ fn inflate(body: Bytes, limit: usize) -> Result<Bytes, BodyError> {
 pub(crate) fn boxed(b: Bytes) -> BoxBody {
     BoxBody::new(Full::new(b).map_err(|never: Infallible| match never {}))
 }
-
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
 /// Server middleware: accepts requests with `grpc-encoding: snappy`.
 #[derive(Debug, Clone)]
