@@ -136,14 +136,11 @@ impl Shipper {
         if !ok {
             m.bucket_operation_failures.get_or_create(&op).inc();
         } else if operation == "upload" {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64());
             m.bucket_last_upload
                 .get_or_create(&telemetry::BucketLabel {
                     bucket: self.bucket.name.clone(),
                 })
-                .set(now);
+                .set(crate::tsdb::now_ms() as f64 / 1000.0);
         }
     }
 
@@ -193,9 +190,10 @@ impl Shipper {
             }
             let meta_key = ObjectPath::from(format!("{}/meta.json", meta.ulid));
             let found = self.bucket.store.head(&meta_key).await;
+            // A missing object is an answer, not a failure.
             self.count(
                 "exists",
-                !matches!(found, Err(ref e) if !matches!(e, object_store::Error::NotFound { .. })),
+                matches!(found, Ok(_) | Err(object_store::Error::NotFound { .. })),
             );
             match found {
                 Ok(_) => stats.found += 1,
